@@ -1,0 +1,154 @@
+"""The one pattern-conditioning path, shared by training and indexing.
+
+A network trained on patterns conditioned one way fails on patterns
+conditioned another, so the stream of simulated training patterns and the
+indexer both call :func:`preprocess` with the same settings (stored in the
+model card as :class:`PreprocessConfig`).
+
+Steps, in order: static background removal (when a background is given),
+rebinning to the target shape, clipping of outlier pixels (hot and dead
+pixels would otherwise dominate a pattern's variance), dynamic background
+removal (a wide Gaussian blur subtracted), then per-pattern zero mean and unit
+standard deviation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["PreprocessConfig", "gaussian_blur", "preprocess", "rebin"]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of :func:`preprocess`; saved with every model.
+
+    Parameters
+    ----------
+    dynamic_sigma
+        Standard deviation of the dynamic-background blur as a fraction of the
+        pattern width (kikuchipy's default is 1/8). ``0`` turns the step off.
+
+    outlier_clip
+        Pixels further than this many robust standard deviations (1.4826 × the
+        median absolute deviation) from their pattern's median are clipped.
+        ``0`` turns the step off.
+    """
+
+    dynamic_sigma: float = 0.125
+    outlier_clip: float = 4.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gaussian_blur(patterns: Tensor, sigma: float | Tensor) -> Tensor:
+    """Separable Gaussian blur of ``(B, H, W)`` patterns; ``sigma`` in pixels.
+
+    ``sigma`` may be a ``(B,)`` tensor (one width per pattern). Edges are
+    reflected so that a flat pattern stays flat.
+    """
+    b, h, w = patterns.shape
+    sig = torch.as_tensor(sigma, dtype=patterns.dtype, device=patterns.device).reshape(-1)
+    if float(sig.max()) <= 0:
+        return patterns
+    radius = max(1, min(math.ceil(3 * float(sig.max())), min(h, w) - 1))
+    offsets = torch.arange(-radius, radius + 1, dtype=patterns.dtype, device=patterns.device)
+    kernel = torch.exp(-0.5 * (offsets[None] / sig.clamp_min(1e-3)[:, None]) ** 2)  # (S, K)
+    kernel = kernel / kernel.sum(-1, keepdim=True)
+    if kernel.shape[0] == 1:
+        kernel = kernel.expand(b, -1)
+    # Grouped conv: one kernel per pattern, patterns as channels.
+    x = patterns[None]  # (1, B, H, W)
+    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernel[:, None, None, :], groups=b)
+    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel[:, None, :, None], groups=b)
+    return x[0]
+
+
+def rebin(patterns: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Average ``(B, H, W)`` patterns down to ``shape`` (area averaging).
+
+    Raises
+    ------
+    ValueError
+        If ``H, W`` are not whole multiples of ``shape``.
+    """
+    h, w = patterns.shape[-2:]
+    if (h, w) == tuple(shape):
+        return patterns
+    if h % shape[0] or w % shape[1] or h // shape[0] != w // shape[1]:
+        raise ValueError(
+            f"patterns are {h}×{w} but the target is {shape[0]}×{shape[1]}; "
+            "rebinning needs the same whole factor in both directions"
+        )
+    return F.avg_pool2d(patterns[:, None], kernel_size=h // shape[0])[:, 0]
+
+
+def preprocess(
+    patterns: Tensor,
+    config: PreprocessConfig = PreprocessConfig(),
+    static_background: Tensor | None = None,
+    shape: tuple[int, int] | None = None,
+) -> Tensor:
+    """Condition raw patterns ``(B, H, W)`` for the network or for matching.
+
+    Parameters
+    ----------
+    patterns
+        Raw intensities, any real dtype.
+    config
+        :class:`PreprocessConfig`; the model card's when indexing.
+    static_background
+        ``(H, W)`` detector background (from the file, or the scan mean); it is
+        scaled to each pattern's mean and subtracted.
+    shape
+        Target ``(rows, cols)``; patterns are rebinned when they are a whole
+        multiple of it.
+
+    Returns
+    -------
+    Tensor
+        float32 ``(B, rows, cols)``, each pattern with zero mean and unit standard
+        deviation. Constant patterns come back as zeros (not NaN).
+
+    Examples
+    --------
+    >>> out = preprocess(torch.rand(2, 60, 60) * 255)
+    >>> out.shape, bool(out.mean((1, 2)).abs().max() < 1e-5)
+    (torch.Size([2, 60, 60]), True)
+    """
+    x = patterns.to(torch.float32)
+    if static_background is not None:
+        bg = static_background.to(x)
+        scale = x.mean((-2, -1), keepdim=True) / bg.mean().clamp_min(1e-12)
+        x = x - scale * bg
+    if shape is not None:
+        x = rebin(x, shape)
+    if config.outlier_clip > 0:
+        x = _robust_standardise(x).clamp(-config.outlier_clip, config.outlier_clip)
+    if config.dynamic_sigma > 0:
+        x = x - gaussian_blur(x, config.dynamic_sigma * x.shape[-1])
+    return _standardise(x)
+
+
+def _robust_standardise(x: Tensor) -> Tensor:
+    """Centre on the median and scale by the MAD: a few hot pixels cannot move them."""
+    flat = x.flatten(-2)
+    median = flat.median(dim=-1, keepdim=True).values
+    mad = 1.4826 * (flat - median).abs().median(dim=-1, keepdim=True).values
+    # Very low doses can have MAD = 0 (most pixels one count); fall back to the std.
+    scale = torch.where(mad > 1e-6, mad, flat.std(dim=-1, keepdim=True)).clamp_min(1e-6)
+    return ((flat - median) / scale).reshape(x.shape)
+
+
+def _standardise(x: Tensor) -> Tensor:
+    x = x - x.mean((-2, -1), keepdim=True)
+    std = x.std((-2, -1), keepdim=True)
+    return torch.where(std > 1e-6, x / std.clamp_min(1e-6), torch.zeros_like(x))

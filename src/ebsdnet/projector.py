@@ -1,0 +1,247 @@
+"""Differentiable projection of a master pattern onto a detector, in torch.
+
+The same geometry as kikuchipy's ``EBSDMasterPattern.get_patterns``: each
+detector pixel's direction from the source point (pattern centre in Bruker
+convention, EDAX TSL sample frame, sample and camera tilts) is rotated into
+the crystal by the orientation, mapped to the square Lambert projection and
+read from the master pattern's upper or lower hemisphere by bilinear
+interpolation. Gradients flow to the rotations and to the pattern centre.
+
+Data flow::
+
+    pc (B, 3) ──► detector_directions ──► (B|1, P, 3) sample-frame unit vectors
+    quaternions (B, 4) ─► rotate ─► lambert_coordinates ─► grid_sample ─► (B, H, W)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ebsdnet.rotations import quaternion_to_matrix
+
+__all__ = ["DetectorGeometry", "MasterPattern", "Projector", "lambert_coordinates"]
+
+_SQRT_PI = math.sqrt(math.pi)
+
+
+@dataclass(frozen=True)
+class DetectorGeometry:
+    """What the projector needs of an EBSD detector.
+
+    Parameters
+    ----------
+    shape
+        ``(rows, columns)`` of the (binned) pattern, pixels.
+    pc
+        Pattern centre ``(PCx, PCy, PCz)`` in Bruker convention (fractions of
+        the detector width, height, height).
+    sample_tilt, tilt, azimuthal, twist
+        Degrees, as in :class:`kikuchipy.detectors.EBSDDetector`.
+    """
+
+    shape: tuple[int, int] = (60, 60)
+    pc: tuple[float, float, float] = (0.425, 0.213, 0.501)
+    sample_tilt: float = 70.0
+    tilt: float = 0.0
+    azimuthal: float = 0.0
+    twist: float = 0.0
+
+    @classmethod
+    def from_kikuchipy(cls, detector) -> DetectorGeometry:
+        """Geometry of a kikuchipy ``EBSDDetector``, with its mean pattern centre."""
+        return cls(
+            shape=tuple(int(n) for n in detector.shape),
+            pc=tuple(float(v) for v in detector.pc_average),
+            sample_tilt=float(detector.sample_tilt),
+            tilt=float(detector.tilt),
+            azimuthal=float(detector.azimuthal),
+            twist=float(detector.twist),
+        )
+
+    def to_kikuchipy(self, pc: np.ndarray | None = None):
+        """The equivalent kikuchipy ``EBSDDetector`` (``pc`` may hold one PC per pattern)."""
+        from kikuchipy.detectors import EBSDDetector
+
+        return EBSDDetector(
+            shape=self.shape,
+            pc=self.pc if pc is None else pc,
+            sample_tilt=self.sample_tilt,
+            tilt=self.tilt,
+            azimuthal=self.azimuthal,
+            twist=self.twist,
+        )
+
+    def detector_to_sample(self) -> np.ndarray:
+        """3×3 matrix taking detector-frame vectors to the sample frame (kikuchipy's own)."""
+        det = self.to_kikuchipy()
+        return (~det.sample_to_detector).to_matrix().squeeze().astype(np.float64)
+
+
+@dataclass
+class MasterPattern:
+    """Both hemispheres of a square Lambert master pattern, as float32 tensors.
+
+    ``texture`` stacks upper over lower, ``(2N, N)``, so one bilinear look-up
+    serves both: a pixel's row is offset by ``N`` when its direction points
+    into the lower hemisphere.
+    """
+
+    texture: Tensor
+    point_group: str
+    phase_name: str = ""
+    sha256: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.texture.shape[-1])
+
+    @classmethod
+    def from_kikuchipy(cls, master_pattern, energy: float | None = None) -> MasterPattern:
+        """Take the hemispheres of a kikuchipy ``EBSDMasterPattern`` (Lambert projection).
+
+        Like ``get_patterns``, the highest energy is used when none is given.
+        """
+        if master_pattern.projection != "lambert":
+            raise ValueError(
+                f"master pattern is in the {master_pattern.projection!r} projection; "
+                "ebsdnet needs 'lambert' (load it with projection='lambert')"
+            )
+        upper, lower = master_pattern._get_master_pattern_arrays_from_energy(energy)
+        upper = np.asarray(upper, dtype=np.float32)
+        lower = np.asarray(lower, dtype=np.float32)
+        texture = torch.from_numpy(np.concatenate([upper, lower], axis=0))
+        digest = hashlib.sha256(texture.numpy().tobytes()).hexdigest()
+        phase = master_pattern.phase
+        return cls(
+            texture=texture,
+            point_group=phase.point_group.name if phase.point_group is not None else "1",
+            phase_name=phase.name,
+            sha256=digest,
+        )
+
+    @classmethod
+    def nickel(cls) -> MasterPattern:
+        """kikuchipy's shipped dynamical Ni master pattern (20 kV, 401×401, offline)."""
+        import kikuchipy as kp
+
+        mp = kp.data.nickel_ebsd_master_pattern_small(projection="lambert", hemisphere="both")
+        return cls.from_kikuchipy(mp)
+
+    @classmethod
+    def from_file(cls, path: str, energy: float | None = None) -> MasterPattern:
+        """Load an EMsoft or kikuchipy master-pattern file (both hemispheres, Lambert)."""
+        import kikuchipy as kp
+
+        mp = kp.load(path, projection="lambert", hemisphere="both")
+        return cls.from_kikuchipy(mp, energy=energy)
+
+
+def lambert_coordinates(v: Tensor) -> Tensor:
+    """Unit vectors ``(..., 3)`` to square Lambert coordinates in ``[-1, 1]²``.
+
+    Returns ``(..., 2)`` as ``(X, Y)``: ``X`` indexes master-pattern columns and
+    ``Y`` rows, as in kikuchipy (EMsoft's equal-area square projection).
+    """
+    x, y, z = v.unbind(-1)
+    # sqrt(2(1-|z|)) has an infinite slope at the pole; the floor keeps it finite.
+    radius = torch.sqrt((2 * (1 - z.abs())).clamp_min(1e-12))
+    x_major = y.abs() <= x.abs()
+    major = torch.where(x_major, x, y)
+    minor = torch.where(x_major, y, x)
+    safe_major = torch.where(major == 0, torch.ones_like(major), major)
+    sign = torch.sign(major)
+    # In [-1, 1] after dividing kikuchipy's coordinates by sqrt(π/2).
+    along = sign * radius / math.sqrt(2)
+    across = sign * radius * (2 * math.sqrt(2) / math.pi) * torch.atan(minor / safe_major)
+    big_x = torch.where(x_major, along, across)
+    big_y = torch.where(x_major, across, along)
+    return torch.stack((big_x, big_y), dim=-1)
+
+
+class Projector(torch.nn.Module):
+    """Simulate EBSD patterns from rotations: ``(B, 4) → (B, H, W)``.
+
+    Parameters
+    ----------
+    master_pattern
+        A :class:`MasterPattern`.
+    geometry
+        A :class:`DetectorGeometry`; its ``pc`` is the default pattern centre.
+
+    Examples
+    --------
+    >>> proj = Projector(MasterPattern.nickel(), DetectorGeometry(shape=(60, 60)))
+    >>> proj(torch.tensor([[1.0, 0.0, 0.0, 0.0]])).shape
+    torch.Size([1, 60, 60])
+    """
+
+    def __init__(self, master_pattern: MasterPattern, geometry: DetectorGeometry) -> None:
+        super().__init__()
+        self.master_pattern = master_pattern
+        self.geometry = geometry
+        rows, cols = geometry.shape
+        # (1, 1, 2N, N): the batch and channel dimensions grid_sample expects.
+        self.register_buffer("texture", master_pattern.texture[None, None].clone())
+        self.register_buffer(
+            "detector_to_sample", torch.from_numpy(geometry.detector_to_sample()).float()
+        )
+        # Pixel centres as fractions of the detector: (P,) each, row-major.
+        jj, ii = torch.meshgrid(
+            (torch.arange(cols, dtype=torch.float64) + 0.5) / cols,
+            (torch.arange(rows, dtype=torch.float64) + 0.5) / rows,
+            indexing="xy",
+        )
+        self.register_buffer("u", jj.reshape(-1).float())
+        self.register_buffer("v", ii.reshape(-1).float())
+        self.register_buffer("default_pc", torch.tensor(geometry.pc, dtype=torch.float32))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.geometry.shape
+
+    def detector_directions(self, pc: Tensor | None = None) -> Tensor:
+        """Unit vectors from the source to each pixel, sample frame.
+
+        ``pc`` is ``(3,)`` or ``(B, 3)`` (Bruker); returns ``(P, 3)`` or ``(B, P, 3)``.
+        """
+        pc = self.default_pc if pc is None else pc.to(self.u)
+        rows, cols = self.geometry.shape
+        aspect = cols / rows
+        pcx, pcy, pcz = pc[..., 0:1], pc[..., 1:2], pc[..., 2:3]
+        # Detector frame: x right, y up, z towards the source (kikuchipy's gnomonic frame).
+        r_det = torch.stack(
+            (aspect * (self.u - pcx), pcy - self.v, pcz.expand_as(pcy - self.v)), dim=-1
+        )
+        r_sample = r_det @ self.detector_to_sample.T
+        return r_sample / r_sample.norm(dim=-1, keepdim=True)
+
+    def forward(self, quaternions: Tensor, pc: Tensor | None = None) -> Tensor:
+        """Patterns ``(B, H, W)`` for quaternions ``(B, 4)``; ``pc`` is ``(3,)`` or ``(B, 3)``."""
+        directions = self.detector_directions(pc)  # (P, 3) or (B, P, 3)
+        rot = quaternion_to_matrix(quaternions.to(self.u))  # (B, 3, 3)
+        crystal = directions @ rot.transpose(-1, -2)  # (B, P, 3)
+        return self._sample(crystal).reshape(-1, *self.geometry.shape)
+
+    def _sample(self, crystal: Tensor) -> Tensor:
+        """Bilinear look-up of crystal directions ``(B, P, 3)`` → intensities ``(B, P)``."""
+        n = self.texture.shape[-1]
+        xy = lambert_coordinates(crystal)  # (B, P, 2) in [-1, 1]
+        # Row position in the stacked texture, then back to grid_sample's [-1, 1].
+        row = (xy[..., 1] + 1) * ((n - 1) / 2) + n * (crystal[..., 2] < 0)
+        grid_y = row * (2 / (2 * n - 1)) - 1
+        grid = torch.stack((xy[..., 0], grid_y), dim=-1)[None]  # (1, B, P, 2)
+        out = torch.nn.functional.grid_sample(
+            self.texture.to(grid.dtype),
+            grid,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )
+        return out[0, 0]  # (B, P)

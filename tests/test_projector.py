@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from orix.quaternion import Rotation
+
+from ebsdnet.metrics import normalised_cross_correlation
+from ebsdnet.projector import DetectorGeometry, Projector, lambert_coordinates
+from ebsdnet.rotations import point_group_operators, quaternion_multiply
+
+# (shape, pc, camera tilt, binning): usual PC, a far-off PC, a rectangular detector.
+CASES = [
+    ((60, 60), (0.425, 0.213, 0.501), 0.0, 1),
+    ((60, 60), (0.5, 0.3, 0.7), 0.0, 1),
+    ((60, 60), (0.35, 0.45, 0.6), 8.0, 2),
+    ((100, 120), (0.425, 0.213, 0.501), 0.0, 1),
+    ((100, 120), (0.5, 0.3, 0.7), 5.0, 4),
+    ((100, 120), (0.35, 0.45, 0.6), 0.0, 2),
+]
+
+
+@pytest.mark.parametrize(("shape", "pc", "tilt", "binning"), CASES)
+def test_projector_reproduces_kikuchipy(
+    kp_master_pattern, master_pattern, shape, pc, tilt, binning
+):
+    from kikuchipy.detectors import EBSDDetector
+
+    det = EBSDDetector(shape=shape, pc=pc, sample_tilt=70.0, tilt=tilt, binning=binning)
+    np.random.seed(sum(shape) + int(100 * pc[0]))
+    rot = Rotation.random(1000)
+    expected = kp_master_pattern.get_patterns(rot, det, compute=True, show_progressbar=False)
+    projector = Projector(master_pattern, DetectorGeometry.from_kikuchipy(det))
+    with torch.no_grad():
+        ours = projector(torch.tensor(rot.data, dtype=torch.float32))
+    assert ours.shape == (1000, *shape)
+    ncc = normalised_cross_correlation(ours, torch.from_numpy(expected.data))
+    assert ncc.min() >= 0.999
+
+
+def test_per_pattern_pc_matches_kikuchipy_varying_pc(kp_master_pattern, master_pattern):
+    geometry = DetectorGeometry()
+    rng = np.random.default_rng(3)
+    pcs = np.array(geometry.pc) + rng.uniform(-0.05, 0.05, (50, 3))
+    det = geometry.to_kikuchipy(pc=pcs)
+    np.random.seed(4)
+    rot = Rotation.random(50)
+    expected = kp_master_pattern.get_patterns(rot, det, compute=True, show_progressbar=False)
+    with torch.no_grad():
+        ours = Projector(master_pattern, geometry)(
+            torch.tensor(rot.data, dtype=torch.float32), torch.tensor(pcs, dtype=torch.float32)
+        )
+    assert normalised_cross_correlation(ours, torch.from_numpy(expected.data)).min() >= 0.999
+
+
+def test_symmetry_equivalent_rotations_give_the_same_pattern(master_pattern):
+    projector = Projector(master_pattern, DetectorGeometry())
+    np.random.seed(5)
+    q = torch.tensor(Rotation.random(200).data, dtype=torch.float32)
+    ops = point_group_operators(master_pattern.point_group)
+    assert master_pattern.point_group == "m-3m" and len(ops) == 24
+    with torch.no_grad():
+        base = projector(q)
+        for g in ops[1:]:
+            other = projector(quaternion_multiply(g.expand_as(q), q))
+            assert normalised_cross_correlation(base, other).min() >= 0.99
+
+
+def test_lambert_coordinates_cover_the_square():
+    v = torch.nn.functional.normalize(torch.randn(10_000, 3, dtype=torch.float64), dim=-1)
+    xy = lambert_coordinates(v)
+    assert xy.abs().max() <= 1 + 1e-12
+    # Equal-area: uniform directions fill the square uniformly (each quadrant ~1/4).
+    quadrant = (xy[:, 0] > 0).long() * 2 + (xy[:, 1] > 0).long()
+    share = torch.bincount(quadrant, minlength=4) / len(v)
+    assert (share - 0.25).abs().max() < 0.02
+
+
+def _small_rotation(axis_angle: torch.Tensor) -> torch.Tensor:
+    angle = axis_angle.norm(dim=-1, keepdim=True)
+    axis = axis_angle / angle.clamp_min(1e-300)
+    return torch.cat((torch.cos(angle / 2), axis * torch.sin(angle / 2)), dim=-1)
+
+
+def test_gradients_agree_with_finite_differences(master_pattern):
+    projector = Projector(master_pattern, DetectorGeometry()).double()
+    torch.manual_seed(0)
+    q0 = torch.nn.functional.normalize(torch.randn(4, 4, dtype=torch.float64), dim=-1)
+    weights = torch.randn(4, 60, 60, dtype=torch.float64)
+    pc0 = torch.tensor([[0.42, 0.22, 0.5]], dtype=torch.float64).repeat(4, 1)
+
+    def score(delta, pc):
+        q = quaternion_multiply(_small_rotation(delta), q0)
+        return (projector(q, pc) * weights).sum((-2, -1))  # (4,)
+
+    delta = torch.full((4, 3), 1e-12, dtype=torch.float64, requires_grad=True)
+    pc = pc0.clone().requires_grad_()
+    s = score(delta, pc)
+    g_rot, g_pc = torch.autograd.grad(s.sum(), (delta, pc))
+    eps = 1e-6
+    for i in range(3):
+        step = torch.zeros(4, 3, dtype=torch.float64)
+        step[:, i] = eps
+        with torch.no_grad():
+            fd_rot = (score(step, pc0) - score(-step, pc0)) / (2 * eps)
+            no_turn = torch.zeros_like(step)
+            fd_pc = (score(no_turn, pc0 + step) - score(no_turn, pc0 - step)) / (2 * eps)
+        # Bilinear interpolation is piecewise linear: a few pixels cross cell edges
+        # inside the finite-difference step, hence 1% rather than machine precision.
+        assert torch.allclose(g_rot[:, i], fd_rot, rtol=1e-2, atol=1e-2 * fd_rot.abs().max())
+        assert torch.allclose(g_pc[:, i], fd_pc, rtol=1e-2, atol=1e-2 * fd_pc.abs().max())

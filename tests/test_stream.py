@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from ebsdnet.metrics import normalised_cross_correlation
+from ebsdnet.preprocess import preprocess
+from ebsdnet.projector import DetectorGeometry, Projector
+from ebsdnet.stream import (
+    NOISE_FREE,
+    DegradationConfig,
+    PatternStream,
+    degrade,
+    random_quaternions,
+)
+
+
+def test_stream_is_reproducible_by_seed(master_pattern):
+    a = PatternStream(master_pattern, batch_size=8, n_batches=3, seed=11)
+    b = PatternStream(master_pattern, batch_size=8, n_batches=3, seed=11)
+    c = PatternStream(master_pattern, batch_size=8, n_batches=3, seed=12)
+    for x, y, z in zip(a, b, c, strict=True):
+        assert torch.equal(x["patterns"], y["patterns"])
+        assert torch.equal(x["quaternions"], y["quaternions"])
+        assert not torch.equal(x["quaternions"], z["quaternions"])
+        assert x["patterns"].shape == (8, 60, 60)
+        assert torch.isfinite(x["patterns"]).all()
+
+
+def test_stream_is_the_same_with_two_workers(master_pattern):
+    stream = PatternStream(master_pattern, batch_size=4, n_batches=4, seed=5)
+    single = list(stream)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    multi = list(loader)
+    assert len(multi) == 4
+    for x, y in zip(single, multi, strict=True):
+        assert torch.equal(x["patterns"], y["patterns"])
+
+
+def test_noise_free_stream_equals_the_projector(master_pattern):
+    geometry = DetectorGeometry()
+    stream = PatternStream(master_pattern, geometry, batch_size=16, degradation=NOISE_FREE)
+    batch = stream.batch(0)
+    with torch.no_grad():
+        clean = preprocess(Projector(master_pattern, geometry)(batch["quaternions"]))
+    assert torch.allclose(batch["pc"], torch.tensor(geometry.pc).expand(16, 3))
+    assert normalised_cross_correlation(batch["patterns"], clean).min() > 0.9999
+
+
+# Mean NCC of a preprocessed degraded pattern with its preprocessed clean source,
+# by dose (counts per pixel), hot and dead pixels included: measured ≈0.73, 0.41,
+# 0.15 on 200 patterns.
+DOSE_FLOORS = [(1000.0, 0.65), (100.0, 0.33), (10.0, 0.10)]
+
+
+@pytest.mark.parametrize(("dose", "floor"), DOSE_FLOORS)
+def test_degraded_patterns_keep_their_source_above_a_dose_floor(master_pattern, dose, floor):
+    projector = Projector(master_pattern, DetectorGeometry())
+    q = random_quaternions(200, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = projector(q)
+    config = DegradationConfig(dose=(dose, dose))
+    degraded = preprocess(degrade(clean, config, torch.Generator().manual_seed(1)))
+    ncc = normalised_cross_correlation(degraded, preprocess(clean))
+    assert ncc.mean() > floor
+    # A wrong orientation correlates far less: the floor is about signal, not chance.
+    assert normalised_cross_correlation(degraded, preprocess(clean).roll(1, 0)).mean().abs() < 0.05
