@@ -63,3 +63,18 @@ def test_degraded_patterns_keep_their_source_above_a_dose_floor(master_pattern, 
     assert ncc.mean() > floor
     # A wrong orientation correlates far less: the floor is about signal, not chance.
     assert normalised_cross_correlation(degraded, preprocess(clean).roll(1, 0)).mean().abs() < 0.05
+
+
+@pytest.mark.parametrize(("group", "orix_group"), [("m-3m", "432"), ("6/mmm", "622")])
+def test_fundamental_zone_sample_is_orix_s(group, orix_group):
+    import numpy as np
+    from orix.quaternion import symmetry
+    from orix.sampling import get_sample_fundamental
+
+    from ebsdnet.stream import sample_fundamental_zone
+
+    ours = sample_fundamental_zone(6.0, group)
+    theirs = get_sample_fundamental(
+        6.0, point_group={g.name: g for g in symmetry._groups}[orix_group]
+    )
+    assert np.array_equal(ours, theirs.data)

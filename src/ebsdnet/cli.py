@@ -19,16 +19,21 @@ class UserError(Exception):
 
 def _add_geometry(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pc", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(0.425, 0.213, 0.501),
+        "--pc",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        default=(0.425, 0.213, 0.501),
         help="pattern centre, Bruker convention (default: kikuchipy's Ni data)",
-    )  # fmt: skip
+    )
     p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"), default=(60, 60))
     p.add_argument("--sample-tilt", type=float, default=70.0, help="degrees")
     p.add_argument("--camera-tilt", type=float, default=0.0, help="degrees")
     p.add_argument(
-        "--master-pattern", metavar="FILE",
+        "--master-pattern",
+        metavar="FILE",
         help="EMsoft/kikuchipy master pattern (default: kikuchipy's shipped Ni)",
-    )  # fmt: skip
+    )
 
 
 def _geometry(args):
@@ -40,9 +45,11 @@ def _geometry(args):
     if min(args.shape) < 2:
         raise UserError(f"pattern shape {tuple(args.shape)} is too small")
     return DetectorGeometry(
-        shape=tuple(args.shape), pc=tuple(args.pc),
-        sample_tilt=args.sample_tilt, tilt=args.camera_tilt,
-    )  # fmt: skip
+        shape=tuple(args.shape),
+        pc=tuple(args.pc),
+        sample_tilt=args.sample_tilt,
+        tilt=args.camera_tilt,
+    )
 
 
 def _master_pattern(args):
@@ -78,10 +85,96 @@ def cmd_simulate(args) -> None:
     logging.getLogger("ebsdnet").info("sampling the fundamental zone at %.2f°", args.resolution)
     q = sample_fundamental_zone(args.resolution, mp.point_group)
     write_dictionary(
-        out, q, mp, geometry, dtype=args.dtype, show_progressbar=not args.quiet,
+        out,
+        q,
+        mp,
+        geometry,
+        dtype=args.dtype,
+        show_progressbar=not args.quiet,
         attrs={"resolution_deg": args.resolution},
-    )  # fmt: skip
+    )
     print(f"wrote {len(q):,} patterns of {geometry.shape[0]}×{geometry.shape[1]} to {out}")
+
+
+def cmd_train(args) -> None:
+    from dataclasses import fields
+
+    from ebsdnet.train import TrainConfig, train
+
+    out = Path(args.output)
+    config_path = out / "config.json"
+    if args.resume:
+        if not config_path.is_file():
+            raise UserError(f"nothing to resume: {config_path} does not exist")
+        import json
+
+        cfg = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    else:
+        if (out / "checkpoint.pt").exists() and not args.force:
+            raise UserError(f"{out} holds a run; pass --resume to continue or --force to restart")
+        cfg = TrainConfig(out=str(out))
+    # Flags given on the command line override the saved or default config.
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name != "out":
+            setattr(cfg, f.name, tuple(value) if isinstance(value, list) else value)
+    if args.width is not None or args.hypotheses is not None:
+        cfg.model_args = {
+            **cfg.model_args,
+            **{
+                k: v
+                for k, v in (("width", args.width), ("hypotheses", args.hypotheses))
+                if v is not None
+            },
+        }
+    if cfg.master_pattern and not Path(cfg.master_pattern).is_file():
+        raise UserError(f"master pattern file {cfg.master_pattern} does not exist")
+    if cfg.dictionary and not Path(cfg.dictionary).is_file():
+        raise UserError(f"dictionary file {cfg.dictionary} does not exist")
+    card = train(cfg, resume=args.resume, show_progressbar=not args.quiet)
+    if card is not None:
+        print(f"wrote {card} and {card.with_suffix('.safetensors')}")
+
+
+def cmd_evaluate(args) -> None:
+    import json
+
+    from ebsdnet.cards import ModelFileError, load_model
+    from ebsdnet.projector import DetectorGeometry
+    from ebsdnet.train import evaluate, held_out_sets, pick_device
+
+    device = pick_device(args.device)
+    try:
+        model, card = load_model(args.model, device=device)
+    except ModelFileError as exc:
+        raise UserError(str(exc)) from exc
+    mp = _master_pattern(args)
+    if mp.sha256 != card["master_pattern_sha256"]:
+        raise UserError("the master pattern differs from the one the model was trained on")
+    geometry = DetectorGeometry(shape=tuple(card["shape"]), pc=tuple(card["pc_nominal"]))
+    jitter = (card["pc_range"][0][1] - card["pc_range"][0][0]) / 2
+    sets = held_out_sets(mp, geometry, args.n, seed=args.seed, pc_jitter=jitter)
+    figures = evaluate(model, sets, card["point_group"], device)
+    for name, f in figures.items():
+        print(
+            f"{name:>10}: mean {f['mean']:.3f}°, median {f['median']:.3f}°, p90 {f['p90']:.3f}°, "
+            f">3° {100 * f['share_above_3']:.2f}%, >5° {100 * f['share_above_5']:.2f}%, "
+            f">10° {100 * f['share_above_10']:.2f}% (n={f['n']})"
+        )
+    if args.update_card:
+        from ebsdnet.cards import _resolve
+
+        path = _resolve(args.model)
+        card["held_out"] = {
+            "command": f"ebsdnet evaluate {args.model} --n {args.n} --seed {args.seed}",
+            "conditions": {
+                "noise_free": "no noise, nominal PC",
+                "moderate": f"dose 100 counts/pixel, PC jitter ±{jitter:g}",
+            },
+            **figures,
+        }
+        path.write_text(json.dumps(card, indent=2) + "\n")
+        print(f"wrote the figures into {path}")
 
 
 def cmd_demo(args) -> None:
@@ -100,13 +193,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a pattern–orientation dictionary (HDF5)")
     p.add_argument("-o", "--output", required=True, help="output .h5 file")
     p.add_argument(
-        "--resolution", type=float, default=1.4,
+        "--resolution",
+        type=float,
+        default=1.4,
         help="orientation sampling of the fundamental zone, degrees (default 1.4)",
-    )  # fmt: skip
+    )
     p.add_argument("--dtype", choices=("uint8", "float32"), default="uint8")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     _add_geometry(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a CNN on simulated patterns")
+    p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, model)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--force", action="store_true", help="start over in a folder with a run")
+    p.add_argument("--model", help="architecture: ebsdnet-s (default) or liu2016")
+    p.add_argument("--width", type=int, help="ebsdnet-s: channels of the first stage")
+    p.add_argument("--hypotheses", type=int, help="ebsdnet-s: rotation hypotheses K")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--val-size", type=int)
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--checkpoint-minutes", type=float)
+    p.add_argument("--time-limit-minutes", type=float, help="stop (resumably) after this")
+    p.add_argument("--pc", nargs=3, type=float, metavar=("X", "Y", "Z"))
+    p.add_argument("--pc-jitter", type=float, help="half-width of the PC range trained on")
+    p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"))
+    p.add_argument("--dose", nargs=2, type=float, metavar=("MIN", "MAX"))
+    p.add_argument("--master-pattern", metavar="FILE")
+    p.add_argument("--dictionary", metavar="FILE", help="train from an `ebsdnet simulate` file")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="a model's error on fresh held-out simulated patterns")
+    p.add_argument("model", help="shipped model name (e.g. ni-60) or path to a saved model")
+    p.add_argument("--n", type=int, default=2000, help="patterns per condition (default 2000)")
+    p.add_argument("--seed", type=int, default=2_000_000, help="held-out seed (≥ 1,000,000)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--master-pattern", metavar="FILE")
+    p.add_argument("--update-card", action="store_true", help="store the figures in the card")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the projector and the simulated stream, as PNG figures")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["normalised_cross_correlation"]
+__all__ = ["error_summary", "normalised_cross_correlation"]
 
 
 def normalised_cross_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -22,3 +23,24 @@ def normalised_cross_correlation(a: Tensor, b: Tensor) -> Tensor:
     a = a - a.mean(-1, keepdim=True)
     b = b - b.mean(-1, keepdim=True)
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
+
+
+def error_summary(disorientation_deg: Tensor) -> dict[str, float]:
+    """Mean, median, 90th percentile (degrees), shares above 3°, 5° and 10°.
+
+    Examples
+    --------
+    >>> import torch
+    >>> error_summary(torch.tensor([0.5, 1.0, 20.0]))["share_above_10"]
+    0.3333333432674408
+    """
+    d = disorientation_deg.detach().float().cpu()
+    return {
+        "n": int(d.numel()),
+        "mean": float(d.mean()),
+        "median": float(d.median()),
+        "p90": float(torch.quantile(d, 0.9)),
+        "share_above_3": float((d > 3).float().mean()),
+        "share_above_5": float((d > 5).float().mean()),
+        "share_above_10": float((d > 10).float().mean()),
+    }

@@ -57,6 +57,8 @@ class DegradationConfig:
         Half-width of the uniform pattern-centre jitter (Bruker units).
     bad_pixel_fraction
         Share of hot (saturated) and dead (zero) pixels.
+    clean_fraction
+        Share of patterns left noise-free (only the PC jitter applies).
     """
 
     dose: tuple[float, float] | None = (8.0, 3000.0)
@@ -65,6 +67,7 @@ class DegradationConfig:
     background_strength: tuple[float, float] = (0.0, 0.6)
     pc_jitter: float = 0.03
     bad_pixel_fraction: float = 0.001
+    clean_fraction: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,14 +89,28 @@ def random_quaternions(n: int, generator: torch.Generator) -> Tensor:
 def sample_fundamental_zone(resolution_deg: float, point_group: str) -> np.ndarray:
     """Orientations uniform in the fundamental zone (orix's cubochoric sampling).
 
+    The same set as ``orix.sampling.get_sample_fundamental``, built one slab
+    of the cubochoric cube at a time with orix's own conversions: orix holds
+    the whole SO(3) sample at once (≈1.9 GB at 1.36°), this holds one slab.
+
     Returns quaternions ``(N, 4)``, float64.
     """
-    from orix.quaternion import symmetry
-    from orix.sampling import get_sample_fundamental
+    from orix.quaternion import OrientationRegion, Rotation, symmetry
+    from orix.quaternion._conversions import ax2qu_2d, cu2ro_2d, ro2ax_2d
+    from orix.sampling._cubochoric_sampling import resolution_to_semi_edge_steps
 
-    group = {g.name: g for g in symmetry._groups}[point_group]
-    rot = get_sample_fundamental(resolution=resolution_deg, point_group=group.laue_proper_subgroup)
-    return np.asarray(rot.data, dtype=np.float64)
+    group = {g.name: g for g in symmetry._groups}[point_group].laue_proper_subgroup
+    region = OrientationRegion.from_symmetry(group)
+    steps = resolution_to_semi_edge_steps(resolution_deg)
+    # orix's grid S_000(N): indices -N+1..N along each edge of the cube.
+    coords = np.arange(-steps + 1, steps + 1) * (0.5 * np.pi ** (2 / 3) / steps)
+    yy, zz = (a.ravel() for a in np.meshgrid(coords, coords, indexing="ij"))
+    kept = []
+    for x in coords:
+        cube = np.column_stack((np.full_like(yy, x), yy, zz))
+        slab = Rotation(ax2qu_2d(ro2ax_2d(cu2ro_2d(cube))))
+        kept.append(slab.data[slab < region])
+    return np.asarray(Rotation(np.concatenate(kept)).unique().data, dtype=np.float64)
 
 
 def _uniform(lo_hi: tuple[float, float], n: int, g: torch.Generator) -> Tensor:
@@ -193,6 +210,8 @@ class PatternStream(torch.utils.data.IterableDataset):
         with torch.no_grad():
             clean = self._projector(q, pc)
             raw = degrade(clean, self.degradation, g)
+            keep_clean = torch.rand(b, generator=g) < self.degradation.clean_fraction
+            raw = torch.where(keep_clean[:, None, None], clean, raw)
             patterns = preprocess(raw, self.preprocessing)
         return {"patterns": patterns, "quaternions": q, "pc": pc}
 

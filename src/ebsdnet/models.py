@@ -1,0 +1,152 @@
+"""Network definitions and a small registry: ``create_model(name, **kwargs)``.
+
+Every model maps preprocessed patterns ``(B, H, W)`` to a raw output and has
+``to_quaternions(output) -> (B, 4)``; the loss that trains it is named by its
+``loss`` attribute (see :mod:`ebsdnet.losses`).
+
+- ``liu2016``: the 2016 study's network, one CNN per Bunge angle (4 conv layers
+  of 9×9 kernels with 32/32/64/64 filters, ReLU, max-pooling, a 256-unit
+  fully connected layer). Kept to show why Euler regression breaks on
+  crystal symmetry.
+- ``ebsdnet-s``: the default. A strided CNN with batch norm whose head gives
+  ``K`` rotation hypotheses in the continuous 6D representation and ``K``
+  logits saying which one to trust. Near the fundamental zone's boundary the
+  right answer jumps between symmetry-equivalent representatives; one smooth
+  output cannot jump, ``K`` outputs can each own one side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+
+from ebsdnet.rotations import euler_to_quaternion, matrix_to_quaternion, sixd_to_matrix
+
+__all__ = ["MODELS", "EbsdnetS", "Liu2016", "create_model"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        MODELS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return wrap
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name.
+
+    Examples
+    --------
+    >>> model = create_model("ebsdnet-s", shape=(60, 60), width=8, hypotheses=2)
+    >>> model(torch.zeros(3, 60, 60))["sixd"].shape
+    torch.Size([3, 2, 6])
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+class _Liu2016Branch(nn.Sequential):
+    """One network of the 2016 study: pattern → one angle."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        layers: list[nn.Module] = []
+        channels = (1, 32, 32, 64, 64)
+        h, w = shape
+        for c_in, c_out in pairwise(channels):
+            layers += [nn.Conv2d(c_in, c_out, 9, padding=4), nn.ReLU(), nn.MaxPool2d(2)]
+            h, w = h // 2, w // 2
+        layers += [nn.Flatten(), nn.Linear(64 * h * w, 256), nn.ReLU(), nn.Linear(256, 1)]
+        super().__init__(*layers)
+
+
+@register("liu2016")
+class Liu2016(nn.Module):
+    """The 2016 study's three networks (φ1, Φ, φ2), Euler angles in radians."""
+
+    loss = "periodic_euler"
+
+    def __init__(self, shape: tuple[int, int] = (60, 60)) -> None:
+        super().__init__()
+        self.config = {"shape": tuple(shape)}
+        self.branches = nn.ModuleList(_Liu2016Branch(tuple(shape)) for _ in range(3))
+
+    def forward(self, patterns: Tensor) -> dict[str, Tensor]:
+        x = patterns[:, None]  # (B, 1, H, W)
+        return {"euler": torch.cat([b(x) for b in self.branches], dim=-1)}  # (B, 3)
+
+    def to_quaternions(self, output: dict[str, Tensor]) -> Tensor:
+        return euler_to_quaternion(output["euler"])
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
+    )
+
+
+@register("ebsdnet-s")
+class EbsdnetS(nn.Module):
+    """Strided CNN → ``K`` 6D rotation hypotheses + ``K`` selection logits.
+
+    Parameters
+    ----------
+    shape
+        Input pattern shape.
+    width
+        Channels of the first stage; later stages double it up to 8×.
+    hypotheses
+        Number ``K`` of rotation outputs.
+    """
+
+    loss = "symmetric_multi_hypothesis"
+
+    def __init__(
+        self, shape: tuple[int, int] = (60, 60), width: int = 32, hypotheses: int = 4
+    ) -> None:
+        super().__init__()
+        self.config = {"shape": tuple(shape), "width": width, "hypotheses": hypotheses}
+        w = width
+        self.features = nn.Sequential(
+            _conv(1, w, stride=2, kernel=5),  # 60 → 30
+            _conv(w, w),
+            _conv(w, 2 * w, stride=2),  # → 15
+            _conv(2 * w, 2 * w),
+            _conv(2 * w, 4 * w, stride=2),  # → 8
+            _conv(4 * w, 4 * w),
+            _conv(4 * w, 8 * w, stride=2),  # → 4
+            _conv(8 * w, 8 * w),
+        )
+        with torch.no_grad():
+            n_flat = self.features(torch.zeros(1, 1, *shape)).numel()
+        self.hypotheses = hypotheses
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(n_flat, 512),
+            nn.GELU(),
+            nn.Linear(512, hypotheses * 7),
+        )
+
+    def forward(self, patterns: Tensor) -> dict[str, Tensor]:
+        out = self.head(self.features(patterns[:, None]))  # (B, 7K)
+        out = out.reshape(-1, self.hypotheses, 7)
+        return {"sixd": out[..., :6], "logits": out[..., 6]}
+
+    def to_quaternions(self, output: dict[str, Tensor]) -> Tensor:
+        """The hypothesis with the highest logit, as a quaternion ``(B, 4)``."""
+        best = output["logits"].argmax(-1)
+        sixd = output["sixd"][torch.arange(len(best)), best]
+        return matrix_to_quaternion(sixd_to_matrix(sixd))
+
+    def all_quaternions(self, output: dict[str, Tensor]) -> Tensor:
+        """Every hypothesis, ``(B, K, 4)``: candidates for refinement to choose from."""
+        return matrix_to_quaternion(sixd_to_matrix(output["sixd"]))

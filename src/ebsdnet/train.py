@@ -1,0 +1,312 @@
+"""The training loop: data → model → loss → step → validate → checkpoint.
+
+One loop, read top to bottom. Distributed data parallel (``torchrun``) is a
+few guarded lines around it, not a second path: each rank draws its own
+stream batches (``k = step * world + rank``) and rank 0 validates and saves.
+
+A run folder holds ``config.json`` (the resolved :class:`TrainConfig`),
+``checkpoint.pt`` (model, optimiser, step; written every few minutes via a
+temporary file) and, at the end, ``model.safetensors`` + ``model.json``.
+``resume=True`` continues from the checkpoint with the same batches it would
+have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ebsdnet.cards import save_model
+from ebsdnet.losses import compute_loss
+from ebsdnet.metrics import error_summary
+from ebsdnet.models import create_model
+from ebsdnet.preprocess import PreprocessConfig, preprocess
+from ebsdnet.projector import DetectorGeometry, MasterPattern
+from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
+from ebsdnet.stream import NOISE_FREE, DegradationConfig, PatternStream
+
+__all__ = ["TrainConfig", "evaluate", "held_out_sets", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.json`` beside it."""
+
+    out: str = "runs/ni-60"
+    model: str = "ebsdnet-s"
+    model_args: dict = field(default_factory=dict)
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 300
+    seed: int = 0
+    val_size: int = 500
+    val_every: int = 500
+    checkpoint_minutes: float = 5.0
+    time_limit_minutes: float | None = None
+    master_pattern: str | None = None
+    shape: tuple[int, int] = (60, 60)
+    pc: tuple[float, float, float] = (0.425, 0.213, 0.501)
+    pc_jitter: float = 0.03
+    dose: tuple[float, float] = (8.0, 3000.0)
+    clean_fraction: float = 0.1
+    dictionary: str | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**d)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+class DictionaryBatches:
+    """Training batches drawn from a pattern–orientation dictionary file (the 2016 setup).
+
+    The last ``holdout`` entries of a seeded permutation are kept out for testing.
+    """
+
+    def __init__(self, path: str, batch_size: int, seed: int, holdout: int, preprocessing):
+        import h5py
+
+        self.file = h5py.File(path, "r")
+        self.patterns = self.file["patterns"]
+        self.quaternions = euler_to_quaternion(
+            torch.deg2rad(torch.from_numpy(self.file["euler_deg"][:]))
+        ).float()
+        order = np.random.default_rng(seed).permutation(len(self.patterns))
+        self.train_index = order[: len(order) - holdout]
+        self.test_index = np.sort(order[len(order) - holdout :])
+        self.batch_size = batch_size
+        self.seed = seed
+        self.preprocessing = preprocessing
+
+    def take(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        index = np.sort(index)
+        raw = torch.from_numpy(self.patterns[index])
+        return {
+            "patterns": preprocess(raw, self.preprocessing),
+            "quaternions": self.quaternions[index],
+        }
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, k])
+        return self.take(rng.choice(self.train_index, self.batch_size, replace=False))
+
+
+def held_out_sets(
+    mp: MasterPattern, geometry: DetectorGeometry, n: int, seed: int, pc_jitter: float = 0.03
+) -> dict[str, dict]:
+    """Fixed held-out sets: noise-free at the nominal PC, and moderate noise (dose 100).
+
+    Seeds at or above 1,000,000 never meet training batches (those use the run's seed).
+    """
+    moderate = DegradationConfig(dose=(100.0, 100.0), pc_jitter=pc_jitter)
+    sets = {}
+    for name, degradation in (("noise_free", NOISE_FREE), ("moderate", moderate)):
+        stream = PatternStream(mp, geometry, batch_size=n, degradation=degradation, seed=seed)
+        sets[name] = stream.batch(0)
+    return sets
+
+
+@torch.no_grad()
+def evaluate(model, sets: dict, point_group: str, device: torch.device) -> dict[str, dict]:
+    """Disorientation statistics of ``model`` on each validation set."""
+    was_training = model.training
+    model.eval()
+    result = {}
+    for name, batch in sets.items():
+        q_pred = torch.cat(
+            [model.to_quaternions(model(p.to(device))).cpu() for p in batch["patterns"].split(256)]
+        )
+        result[name] = error_summary(disorientation_deg(q_pred, batch["quaternions"], point_group))
+    model.train(was_training)
+    return result
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up (at most a tenth of the run), then cosine decay to 2% of the peak."""
+    warmup = min(cfg.warmup_steps, cfg.steps // 10)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, state: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, **state},
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True) -> Path | None:
+    """Run (or resume) training; returns the card path on rank 0 when the run completes."""
+    from tqdm.auto import tqdm
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    main_rank = rank == 0
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    mp = (
+        MasterPattern.from_file(cfg.master_pattern)
+        if cfg.master_pattern
+        else MasterPattern.nickel()
+    )
+    geometry = DetectorGeometry(shape=tuple(cfg.shape), pc=tuple(cfg.pc))
+    preprocessing = PreprocessConfig()
+    degradation = DegradationConfig(
+        dose=tuple(cfg.dose), pc_jitter=cfg.pc_jitter, clean_fraction=cfg.clean_fraction
+    )
+    if cfg.dictionary:
+        data = DictionaryBatches(
+            cfg.dictionary, cfg.batch_size, cfg.seed, cfg.val_size, preprocessing
+        )
+        test = data.take(data.test_index)
+        val_sets = {"dictionary_holdout": test}
+    else:
+        data = PatternStream(
+            mp, geometry, cfg.batch_size, degradation, preprocessing, seed=cfg.seed
+        )
+        val_sets = (
+            held_out_sets(mp, geometry, cfg.val_size, cfg.seed + 1_000_000, cfg.pc_jitter)
+            if main_rank
+            else {}
+        )
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, shape=tuple(cfg.shape), **cfg.model_args).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    operators = point_group_operators(mp.point_group, device=device)
+    start, history, elapsed = 0, [], 0.0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed"]
+        log.info("resuming %s at step %d", out, start)
+    if main_rank:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+
+    amp = device.type == "cuda"
+    t_start = time.perf_counter() - elapsed
+    t_ckpt = time.perf_counter()
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        unit="step",
+        desc="train",
+        disable=not (show_progressbar and main_rank),
+        mininterval=2.0,
+    )
+    model.train()
+    step = start
+    stopped_early = False
+    while step < cfg.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, cfg)
+        batch = data.batch(step * world + rank)
+        patterns = batch["patterns"].to(device, non_blocking=True)
+        q_true = batch["quaternions"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            output = net(patterns)
+        output = {k: v.float() for k, v in output.items()}
+        loss, _ = compute_loss(model, output, q_true, operators)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        last = step == cfg.steps
+        if main_rank and (step % cfg.val_every == 0 or last):
+            figures = evaluate(model, val_sets, mp.point_group, device)
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "elapsed_s": time.perf_counter() - t_start,
+                    **{k: v["mean"] for k, v in figures.items()},
+                }
+            )
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}", **{k: f"{v['mean']:.2f}°" for k, v in figures.items()}
+            )
+        out_of_time = cfg.time_limit_minutes is not None and (
+            time.perf_counter() - t_start > 60 * cfg.time_limit_minutes
+        )
+        due = time.perf_counter() - t_ckpt > 60 * cfg.checkpoint_minutes
+        if main_rank and (due or last or out_of_time):
+            _save_checkpoint(
+                ckpt_path,
+                model,
+                optimizer,
+                step,
+                {"history": history, "elapsed": time.perf_counter() - t_start},
+            )
+            t_ckpt = time.perf_counter()
+        if out_of_time and not last:
+            stopped_early = True
+            break
+    bar.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    if not main_rank or stopped_early:
+        return None
+    figures = evaluate(model, val_sets, mp.point_group, device)
+    card = {
+        "phase": mp.phase_name,
+        "point_group": mp.point_group,
+        "master_pattern_sha256": mp.sha256,
+        "shape": list(cfg.shape),
+        "pc_nominal": list(cfg.pc),
+        "pc_range": [[p - cfg.pc_jitter, p + cfg.pc_jitter] for p in cfg.pc],
+        "sample_tilt": geometry.sample_tilt,
+        "camera_tilt": geometry.tilt,
+        "preprocessing": preprocessing.to_dict(),
+        "degradation": degradation.to_dict(),
+        "training": asdict(cfg),
+        "command": " ".join(sys.argv),
+        "steps": step,
+        "samples_seen": step * cfg.batch_size * world,
+        "wall_time_s": round(time.perf_counter() - t_start, 1),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {device}",
+        "validation": figures,
+        "history": history,
+    }
+    return save_model(model, out / "model", card)

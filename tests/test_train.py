@@ -1,0 +1,133 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ebsdnet.cards import ModelFileError, load_model
+from ebsdnet.cli import main
+
+# Random orientations are ≈41° from the truth on average under cubic symmetry.
+RANDOM_MEAN_DEG = 40.7
+
+TINY = ["--width", "8", "--batch-size", "32", "--val-size", "128", "--dose", "300", "3000"]
+SMALL = [
+    "--width",
+    "16",
+    "--batch-size",
+    "64",
+    "--val-size",
+    "128",
+    "--dose",
+    "1000",
+    "3000",
+    "--pc-jitter",
+    "0",
+    "--hypotheses",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    args = ["-q", "train", "-o", str(out), "--steps", "400", "--val-every", "400", *SMALL]
+    assert main(args) == 0
+    return out
+
+
+def test_tiny_model_beats_random_orientations(trained_run):
+    card = json.loads((trained_run / "model.json").read_text())
+    figures = card["validation"]["noise_free"]
+    # Measured: mean ≈ 16°, median ≈ 6° after 400 steps (≈40 s on 2 CPU cores).
+    assert figures["mean"] < 0.7 * RANDOM_MEAN_DEG
+    assert figures["median"] < 0.5 * RANDOM_MEAN_DEG
+    for key in ("point_group", "master_pattern_sha256", "pc_range", "preprocessing", "command"):
+        assert key in card
+    assert card["point_group"] == "m-3m" and card["steps"] == 400
+
+
+def test_saved_model_loads_and_predicts(trained_run):
+    model, _card = load_model(trained_run / "model")
+    with torch.no_grad():
+        q = model.to_quaternions(model(torch.randn(3, 60, 60)))
+    assert q.shape == (3, 4)
+    assert torch.allclose(q.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_tampered_weights_are_refused(trained_run, tmp_path):
+    for name in ("model.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((trained_run / name).read_bytes())
+    with open(tmp_path / "model.safetensors", "r+b") as f:
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\x00" * 8)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(tmp_path / "model")
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    args = ["-q", "train", "-o", str(tmp_path), "--steps", "30", "--val-every", "15", *TINY]
+    # A time limit of ~0 stops the run after its first step, with a checkpoint.
+    assert main([*args, "--time-limit-minutes", "0.0001"]) == 0
+    stopped = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert 0 < stopped["step"] < 30 and not (tmp_path / "model.json").exists()
+    assert main(["-q", "train", "-o", str(tmp_path), "--resume"]) == 0
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["steps"] == 30
+    assert main(args) == 2  # a run is there: refuse to start over without --force
+
+
+def test_liu2016_trains_on_its_periodic_loss(tmp_path):
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "-o",
+                str(tmp_path),
+                "--model",
+                "liu2016",
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--val-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    _model, card = load_model(tmp_path / "model")
+    assert card["architecture"] == "liu2016"
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "ebsdnet.cli",
+        "-q",
+        "train",
+        "-o",
+        str(tmp_path),
+        "--steps",
+        "10",
+        "--val-every",
+        "10",
+        "--device",
+        "cpu",
+        *TINY,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["samples_seen"] == 10 * 32 * 2
