@@ -177,10 +177,52 @@ def cmd_evaluate(args) -> None:
         print(f"wrote the figures into {path}")
 
 
+def cmd_index(args) -> None:
+    from ebsdnet.cards import ModelFileError
+    from ebsdnet.index import IndexingError, index, save_map, write_ipf_map
+
+    src = Path(args.patterns)
+    out = Path(args.output)
+    if not src.is_file():
+        raise UserError(f"pattern file {src} does not exist")
+    _check_output(out, args.force)
+    if out.suffix.lower() not in (".ang", ".ctf", ".h5", ".hdf5"):
+        raise UserError(f"cannot write {out.name}: the output must end in .ang, .ctf or .h5")
+    if args.ipf:
+        _check_output(Path(args.ipf), args.force)
+    if args.pc is not None:
+        _geometry(args)  # validates the PC
+    import kikuchipy as kp
+
+    try:
+        signal = kp.load(src, lazy=True)
+    except Exception as exc:  # readers raise many types for unreadable files
+        raise UserError(f"cannot read patterns from {src}: {exc}") from exc
+    if isinstance(signal, list) or not hasattr(signal, "detector"):
+        raise UserError(f"{src} holds no single EBSD map")
+    mp = _master_pattern(args) if args.master_pattern else None
+    try:
+        xmap = index(
+            signal, model=args.model, pc=None if args.pc is None else tuple(args.pc),
+            master_pattern=mp, batch_size=args.batch_size, device=args.device,
+            show_progressbar=not args.quiet,
+        )  # fmt: skip
+        save_map(xmap, out)
+    except (IndexingError, ModelFileError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"indexed {xmap.size:,} patterns: wrote {out}")
+    if args.ipf:
+        print(f"wrote {write_ipf_map(xmap, args.ipf)}")
+
+
 def cmd_demo(args) -> None:
+    from ebsdnet.cards import ModelFileError
     from ebsdnet.demo import run_demo
 
-    run_demo(Path(args.out), quick=not args.full)
+    try:
+        run_demo(Path(args.out), quick=not args.full, model=args.model)
+    except ModelFileError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("index", help="index a pattern file into an orientation map")
+    p.add_argument("patterns", help="any EBSD pattern file kikuchipy reads")
+    p.add_argument("-o", "--output", required=True, help="orientation map: .ang, .ctf or .h5")
+    p.add_argument("--model", default="ni-60", help="shipped model name or saved model path")
+    p.add_argument(
+        "--pc",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        help="pattern centre (Bruker) overriding the file's",
+    )
+    p.add_argument("--ipf", metavar="PNG", help="also write an IPF-Z colour map")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--master-pattern", metavar="FILE")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=cmd_index)
+
     p = sub.add_parser("evaluate", help="a model's error on fresh held-out simulated patterns")
     p.add_argument("model", help="shipped model name (e.g. ni-60) or path to a saved model")
     p.add_argument("--n", type=int, default=2000, help="patterns per condition (default 2000)")
@@ -236,9 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-card", action="store_true", help="store the figures in the card")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the projector and the simulated stream, as PNG figures")
+    p = sub.add_parser("demo", help="the 2016 study reproduced here: 1-NN vs CNN, figures")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--full", action="store_true", help="the full-size run")
+    p.add_argument("--full", action="store_true", help="the 2016 sizes (333,227 / 30,000)")
+    p.add_argument("--model", default="ni-60", help="CNN to compare (default: shipped ni-60)")
     p.set_defaults(func=cmd_demo)
     return parser
 

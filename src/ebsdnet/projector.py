@@ -96,6 +96,7 @@ class MasterPattern:
     point_group: str
     phase_name: str = ""
     sha256: str = ""
+    phase: object | None = None  # orix Phase, when the source file had one
     meta: dict = field(default_factory=dict)
 
     @property
@@ -124,6 +125,7 @@ class MasterPattern:
             point_group=phase.point_group.name if phase.point_group is not None else "1",
             phase_name=phase.name,
             sha256=digest,
+            phase=phase.deepcopy(),
         )
 
     @classmethod

@@ -1,0 +1,67 @@
+"""The 2016 study's baseline: 1-nearest-neighbour dictionary indexing, in torch.
+
+A dictionary of simulated patterns at orientations uniform in the fundamental
+zone is conditioned by the same :func:`~ebsdnet.preprocess.preprocess` as the
+experimental patterns; each pattern's match is the entry with the highest
+normalised dot product (both sides have zero mean and unit norm, so it is the
+NCC). kikuchipy's ``dictionary_indexing`` does the same on dask; this one keeps
+the whole dictionary as one bfloat16 matrix (products accumulate in float32),
+2.5× faster than float32 on these CPUs, which makes it fast enough for the demo
+on two cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ebsdnet.preprocess import PreprocessConfig, preprocess
+from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
+from ebsdnet.stream import sample_fundamental_zone
+
+__all__ = ["Dictionary", "build_dictionary"]
+
+
+@dataclass
+class Dictionary:
+    """Unit-norm conditioned patterns ``(N, P)`` (bfloat16) and their quaternions ``(N, 4)``."""
+
+    patterns: Tensor
+    quaternions: Tensor
+    resolution_deg: float
+    preprocessing: PreprocessConfig
+
+    def __len__(self) -> int:
+        return len(self.quaternions)
+
+    def match(self, patterns: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+        """Best entry for each conditioned pattern ``(B, H, W)``: quaternions and NCC."""
+        best_q, best_score = [], []
+        for chunk in patterns.split(batch_size):
+            x = chunk.reshape(len(chunk), -1)
+            x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+            scores = x.to(self.patterns.dtype) @ self.patterns.T  # (b, N)
+            score, idx = scores.float().max(dim=-1)
+            best_q.append(self.quaternions[idx])
+            best_score.append(score)
+        return torch.cat(best_q), torch.cat(best_score)
+
+
+def build_dictionary(
+    resolution_deg: float,
+    master_pattern: MasterPattern,
+    geometry: DetectorGeometry,
+    preprocessing: PreprocessConfig = PreprocessConfig(),
+    batch_size: int = 1024,
+) -> Dictionary:
+    """Simulate and condition a dictionary at ``resolution_deg`` (orix cubochoric sampling)."""
+    q = torch.from_numpy(sample_fundamental_zone(resolution_deg, master_pattern.point_group))
+    projector = Projector(master_pattern, geometry)
+    rows = []
+    with torch.no_grad():
+        for chunk in q.float().split(batch_size):
+            p = preprocess(projector(chunk), preprocessing).reshape(len(chunk), -1)
+            rows.append((p / p.norm(dim=-1, keepdim=True)).bfloat16())
+    return Dictionary(torch.cat(rows), q.float(), resolution_deg, preprocessing)

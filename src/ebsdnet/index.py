@@ -1,0 +1,306 @@
+"""Pattern files and signals in, orix ``CrystalMap`` out.
+
+``index(signal)`` runs each batch of patterns through the one conditioning
+path (:func:`~ebsdnet.preprocess.preprocess`, with the model card's
+settings), the network, and a re-projection at the predicted orientation
+whose normalised cross-correlation with the pattern is the confidence
+(property ``ncc`` of the map). Patterns are read batch by batch, so a lazy
+kikuchipy signal is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ebsdnet.cards import load_model
+from ebsdnet.metrics import normalised_cross_correlation
+from ebsdnet.preprocess import PreprocessConfig, preprocess
+from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
+
+__all__ = ["IndexingError", "index", "save_map", "write_ipf_map"]
+
+log = logging.getLogger(__name__)
+
+
+class IndexingError(ValueError):
+    """The patterns cannot be indexed with this model as given (shape, PC, phase)."""
+
+
+def _pattern_centres(detector, n: int, pc: tuple[float, float, float] | None) -> np.ndarray:
+    """One Bruker PC per pattern ``(n, 3)``: the given one, else the detector's."""
+    if pc is not None:
+        return np.tile(np.asarray(pc, dtype=np.float64), (n, 1))
+    pcs = np.asarray(detector.pc, dtype=np.float64).reshape(-1, 3)
+    if len(pcs) == 1:
+        return np.tile(pcs, (n, 1))
+    if len(pcs) != n:
+        raise IndexingError(f"the detector has {len(pcs)} pattern centres for {n} patterns")
+    return pcs
+
+
+def _check_pc_range(pcs: np.ndarray, card: dict) -> None:
+    lo = np.array([r[0] for r in card["pc_range"]])
+    hi = np.array([r[1] for r in card["pc_range"]])
+    outside = ((pcs < lo) | (pcs > hi)).any(axis=1)
+    if outside.any():
+        ranges = [tuple(round(v, 3) for v in r) for r in card["pc_range"]]
+        log.warning(
+            "%d of %d pattern centres lie outside the model's training range %s; "
+            "expect larger errors there",
+            int(outside.sum()),
+            len(pcs),
+            ranges,
+        )
+
+
+def _static_background(signal, use: bool) -> np.ndarray | None:
+    if not use:
+        return None
+    bg = getattr(signal, "static_background", None)
+    if bg is not None and np.shape(bg) == signal.axes_manager.signal_shape[::-1]:
+        return np.asarray(bg, dtype=np.float32)
+    # No background in the file: the scan's mean pattern, where bands average out.
+    nav_axes = tuple(range(signal.axes_manager.navigation_dimension))
+    if signal.axes_manager.navigation_size < 10:
+        return None  # too few patterns: their mean would still hold bands
+    mean = signal.data.mean(axis=nav_axes)
+    return np.asarray(mean.compute() if hasattr(mean, "compute") else mean, dtype=np.float32)
+
+
+def index(
+    signal,
+    model: str | Path = "ni-60",
+    pc: tuple[float, float, float] | None = None,
+    master_pattern: MasterPattern | None = None,
+    batch_size: int = 512,
+    device: str = "auto",
+    static_background: bool = True,
+    show_progressbar: bool | None = None,
+):
+    """Index a kikuchipy ``EBSD`` signal with a CNN; return an orix ``CrystalMap``.
+
+    Parameters
+    ----------
+    signal
+        kikuchipy ``EBSD`` or ``LazyEBSD``; its detector gives the pattern centres
+        (one, or one per pattern) and tilts.
+    model
+        A shipped model's name (``"ni-60"``) or the path of a saved model.
+    pc
+        Bruker pattern centre overriding the detector's.
+    master_pattern
+        Needed only for a model trained on a master pattern other than
+        kikuchipy's shipped Ni; it must have the hash written in the card.
+    batch_size
+        Patterns per batch.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    static_background
+        Remove the file's static background (or the scan mean when the file has
+        none and the map has at least 10 patterns).
+
+    Returns
+    -------
+    orix.crystal_map.CrystalMap
+        Rotations, phase from the model card, and property ``ncc``: the
+        normalised cross-correlation of each pattern with its re-projection.
+
+    Raises
+    ------
+    IndexingError
+        Pattern shape not a whole multiple of the model's; wrong master pattern.
+    """
+    from orix.crystal_map import CrystalMap, Phase, PhaseList
+    from orix.quaternion import Rotation
+    from tqdm.auto import tqdm
+
+    from ebsdnet.train import pick_device
+
+    dev = pick_device(device)
+    net, card = load_model(model, device=dev)
+    model_shape = tuple(card["shape"])
+    if master_pattern is None:
+        master_pattern = MasterPattern.nickel()
+    if master_pattern.sha256 != card["master_pattern_sha256"]:
+        raise IndexingError(
+            "the master pattern is not the one this model was trained on (hash differs)"
+        )
+    am = signal.axes_manager
+    sig_shape = am.signal_shape[::-1]  # (rows, cols)
+    if (
+        sig_shape[0] % model_shape[0]
+        or sig_shape[1] % model_shape[1]
+        or (sig_shape[0] // model_shape[0] != sig_shape[1] // model_shape[1])
+    ):
+        raise IndexingError(
+            f"patterns are {sig_shape[0]}×{sig_shape[1]} but the model expects "
+            f"{model_shape[0]}×{model_shape[1]} (or a whole multiple); retrain or rebin"
+        )
+    nav_shape = am.navigation_shape[::-1] or (1,)
+    n = int(np.prod(nav_shape))
+    if n == 0:
+        raise IndexingError("the signal holds no patterns")
+    detector = signal.detector
+    pcs = _pattern_centres(detector, n, pc)
+    _check_pc_range(pcs, card)
+    geometry = DetectorGeometry(
+        shape=model_shape,
+        pc=tuple(pcs[0]),
+        sample_tilt=float(detector.sample_tilt),
+        tilt=float(detector.tilt),
+        azimuthal=float(detector.azimuthal),
+        twist=float(detector.twist),
+    )
+    projector = Projector(master_pattern, geometry).to(dev)
+    config = PreprocessConfig(**card["preprocessing"])
+    bg = _static_background(signal, static_background)
+    bg_t = None if bg is None else torch.from_numpy(bg)
+    data = signal.data.reshape((n, *sig_shape))
+    quaternions = np.empty((n, 4))
+    ncc = np.empty(n, dtype=np.float32)
+    bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            block = data[start:stop]
+            raw = torch.from_numpy(
+                np.asarray(block.compute() if hasattr(block, "compute") else block)
+            )
+            patterns = preprocess(raw, config, static_background=bg_t, shape=model_shape).to(dev)
+            q = net.to_quaternions(net(patterns))
+            pc_batch = torch.from_numpy(pcs[start:stop]).float().to(dev)
+            simulated = preprocess(projector(q, pc_batch), config)
+            ncc[start:stop] = normalised_cross_correlation(patterns, simulated).cpu().numpy()
+            quaternions[start:stop] = q.double().cpu().numpy()
+            bar.update(stop - start)
+    bar.close()
+
+    rows, cols = nav_shape if len(nav_shape) == 2 else (1, n)
+    scale = [ax.scale for ax in am.navigation_axes] or [1.0]
+    dx = float(scale[0])
+    dy = float(scale[1]) if len(scale) > 1 else dx
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    phase = Phase(name=card.get("phase") or "phase", point_group=card["point_group"])
+    if master_pattern.phase is not None:
+        phase = master_pattern.phase.deepcopy()
+    return CrystalMap(
+        rotations=Rotation(quaternions),
+        phase_id=np.zeros(n, dtype=int),
+        x=(xx.ravel() * dx).astype(float),
+        y=(yy.ravel() * dy).astype(float),
+        phase_list=PhaseList(phase),
+        prop={"ncc": ncc},
+        scan_unit=str(am.navigation_axes[0].units) if am.navigation_axes else "px",
+    )
+
+
+# Oxford's Laue-group numbers in .ctf phase lines (the inverse of orix's reader's table).
+_CTF_LAUE_IDS = {
+    "-1": 1,
+    "2/m": 2,
+    "mmm": 3,
+    "4/m": 4,
+    "4/mmm": 5,
+    "-3": 6,
+    "-3m": 7,
+    "6/m": 8,
+    "6/mmm": 9,
+    "m-3": 10,
+    "m-3m": 11,
+}
+
+
+def _write_ctf(xmap, path: Path) -> None:
+    """Oxford Channel Text File, as orix's CTF reader expects it.
+
+    Euler angles (degrees) are written in orix's sample frame, unchanged, as
+    orix reads them back; the NCC goes in the BC column (×255, 0..255) and
+    not-indexed points get phase 0.
+    """
+    rows, cols = xmap.shape if xmap.ndim == 2 else (1, xmap.size)
+    euler = np.rad2deg(xmap.rotations.to_euler())
+    phase = xmap.phases[0]
+    laue = phase.point_group.laue.name
+    abc = phase.structure.lattice.abcABG()
+    ncc = xmap.prop.get("ncc", np.zeros(xmap.size))
+    header = [
+        "Channel Text File",
+        "Prj\tebsdnet",
+        "Author\tebsdnet",
+        "JobMode\tGrid",
+        f"XCells\t{cols}",
+        f"YCells\t{rows}",
+        f"XStep\t{xmap.dx:.4f}",
+        f"YStep\t{xmap.dy:.4f}",
+        "AcqE1\t0",
+        "AcqE2\t0",
+        "AcqE3\t0",
+        "Euler angles refer to Sample Coordinate system (CS0)!",
+        "Phases\t1",
+        f"{abc[0] * 10:.4f};{abc[1] * 10:.4f};{abc[2] * 10:.4f}\t"
+        f"{abc[3]:.3f};{abc[4]:.3f};{abc[5]:.3f}\t{phase.name}\t{_CTF_LAUE_IDS.get(laue, 1)}\t"
+        f"{phase.space_group.number if phase.space_group is not None else 0}",
+        "Phase\tX\tY\tBands\tError\tEuler1\tEuler2\tEuler3\tMAD\tBC\tBS",
+    ]
+    indexed = xmap.phase_id >= 0
+    with open(path, "w") as f:
+        f.write("\n".join(header) + "\n")
+        for i in range(xmap.size):
+            bc = round(255 * max(0.0, float(ncc[i])))
+            f.write(
+                f"{int(indexed[i])}\t{xmap.x[i]:.4f}\t{xmap.y[i]:.4f}\t0\t0\t"
+                f"{euler[i, 0]:.5f}\t{euler[i, 1]:.5f}\t{euler[i, 2]:.5f}\t0\t{bc}\t0\n"
+            )
+
+
+def save_map(xmap, path: str | Path) -> Path:
+    """Write ``.ang`` (EDAX TSL), ``.ctf`` (Oxford) or ``.h5`` (orix HDF5) atomically.
+
+    The file is written under a temporary name and renamed when complete, so
+    an interrupted run never leaves a partial map under the final name.
+    """
+    from orix import io
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".ang", ".ctf", ".h5", ".hdf5"):
+        raise IndexingError(f"cannot write {path.name}: use .ang, .ctf or .h5")
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        if suffix == ".ctf":
+            _write_ctf(xmap, tmp)
+        else:
+            kwargs = {"confidence_index_prop": "ncc"} if suffix == ".ang" else {}
+            io.save(str(tmp), xmap, overwrite=True, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_ipf_map(xmap, path: str | Path, direction: str = "z") -> Path:
+    """Save an inverse-pole-figure colour map (sample ``direction``) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from orix.plot import IPFColorKeyTSL
+    from orix.vector import Vector3d
+
+    vec = {"x": Vector3d.xvector(), "y": Vector3d.yvector(), "z": Vector3d.zvector()}[direction]
+    key = IPFColorKeyTSL(xmap.phases[0].point_group, direction=vec)
+    rgb = key.orientation2color(xmap.orientations).reshape(*xmap.shape, 3)
+    fig, ax = plt.subplots(figsize=(5, 5 * xmap.shape[0] / max(1, xmap.shape[1]) + 0.5))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(f"IPF-{direction.upper()} ({xmap.phases[0].name})", fontsize=10)
+    ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

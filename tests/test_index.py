@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from ebsdnet.cli import main
+from ebsdnet.index import index
+from ebsdnet.rotations import disorientation_deg
+from ebsdnet.synthetic import simulate_map
+
+MODEL = "ni-60"
+
+
+@pytest.fixture(scope="module")
+def sim_map():
+    return simulate_map((5, 6), n_grains=4, dose=300.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def written(sim_map, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("maps")
+    sim_map.save(folder / "map.h5")
+    sim_map.save(folder / "map.dat")  # NORDIF binary
+    return folder
+
+
+def test_cli_round_trip_to_ang_that_orix_reads(sim_map, written, tmp_path):
+    from orix import io
+
+    out = tmp_path / "map.ang"
+    png = tmp_path / "ipf.png"
+    code = main(
+        [
+            "-q",
+            "index",
+            str(written / "map.h5"),
+            "-o",
+            str(out),
+            "--ipf",
+            str(png),
+            "--model",
+            MODEL,
+        ]
+    )
+    assert code == 0 and png.stat().st_size > 1000
+    xmap = io.load(out)
+    assert xmap.shape == (5, 6)
+    assert xmap.phases_in_data.point_groups[0].laue.name == "m-3m"
+    direct = index(sim_map, model=MODEL, show_progressbar=False)
+    ours = torch.tensor(xmap.rotations.data)
+    # .ang stores Euler angles with 5 decimals (radians): ~0.001°.
+    diff = disorientation_deg(ours, torch.tensor(direct.rotations.data))
+    assert diff.max() < 0.01
+    assert np.allclose(xmap.prop["ci"], direct.prop["ncc"], atol=1e-3)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_two_formats_give_the_same_map(sim_map, written):
+    import kikuchipy as kp
+
+    h5 = kp.load(written / "map.h5", lazy=True)
+    nordif = kp.load(written / "map.dat", scan_size=(6, 5), pattern_size=(60, 60))
+    nordif.detector = h5.detector.deepcopy()
+    nordif.static_background = h5.static_background
+    a = index(h5, model=MODEL, show_progressbar=False)
+    b = index(nordif, model=MODEL, show_progressbar=False)
+    assert np.array_equal(a.rotations.data, b.rotations.data)
+    assert np.array_equal(a.prop["ncc"], b.prop["ncc"])
+
+
+def test_wrong_pattern_shape_is_refused(tmp_path):
+    sig = simulate_map((2, 2), n_grains=1)
+    sig = sig.isig[:50, :50]
+    sig.detector.shape = (50, 50)
+    sig.static_background = None
+    sig.save(tmp_path / "small.h5")
+    code = main(
+        [
+            "-q",
+            "index",
+            str(tmp_path / "small.h5"),
+            "-o",
+            str(tmp_path / "x.ang"),
+            "--model",
+            MODEL,
+        ]
+    )
+    assert code == 2 and not (tmp_path / "x.ang").exists()
+
+
+@pytest.mark.parametrize("suffix", [".ctf", ".h5"])
+def test_other_outputs_round_trip_through_orix(sim_map, tmp_path, suffix):
+    from orix import io
+
+    from ebsdnet.index import save_map
+
+    xmap = index(sim_map, model=MODEL, show_progressbar=False)
+    back = io.load(save_map(xmap, tmp_path / f"map{suffix}"))
+    assert back.shape == xmap.shape
+    assert back.phases_in_data.point_groups[0].laue.name == "m-3m"
+    diff = disorientation_deg(torch.tensor(back.rotations.data), torch.tensor(xmap.rotations.data))
+    assert diff.max() < 0.01
