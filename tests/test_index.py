@@ -99,3 +99,31 @@ def test_other_outputs_round_trip_through_orix(sim_map, tmp_path, suffix):
     assert back.phases_in_data.point_groups[0].laue.name == "m-3m"
     diff = disorientation_deg(torch.tensor(back.rotations.data), torch.tensor(xmap.rotations.data))
     assert diff.max() < 0.01
+
+
+def test_patterns_twice_the_model_size_are_rebinned(sim_map):
+    from ebsdnet.projector import DetectorGeometry
+
+    big = simulate_map(
+        (5, 6), n_grains=4, dose=300.0, seed=3, geometry=DetectorGeometry((120, 120))
+    )
+    a = index(sim_map, model=MODEL, show_progressbar=False)
+    b = index(big, model=MODEL, show_progressbar=False)
+    diff = disorientation_deg(torch.tensor(a.rotations.data), torch.tensor(b.rotations.data))
+    assert torch.quantile(diff, 0.5) < 2.0  # same crystal, different sampling and noise
+
+
+def test_broken_patterns_are_not_indexed_and_leave_the_rest_alone(sim_map):
+    good = index(sim_map, model=MODEL, show_progressbar=False)
+    broken = sim_map.deepcopy()
+    data = broken.data.astype("float32")
+    data[0, 0] = np.nan
+    data[0, 1] = 7.0  # constant
+    data[0, 2] = 255.0  # saturated
+    broken = type(sim_map)(
+        data, detector=sim_map.detector, static_background=sim_map.static_background
+    )
+    xmap = index(broken, model=MODEL, show_progressbar=False)
+    assert list(xmap.phase_id[:3]) == [-1, -1, -1]
+    assert np.all(xmap.prop["ncc"][:3] == 0)
+    assert np.array_equal(xmap.rotations.data[3:], good.rotations.data[3:])

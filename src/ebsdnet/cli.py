@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose", nargs=2, type=float, metavar=("MIN", "MAX"))
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument("--dictionary", metavar="FILE", help="train from an `ebsdnet simulate` file")
+    p.add_argument("--init-from", metavar="MODEL", help="start from a saved or shipped model")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.set_defaults(func=cmd_train)
 

@@ -109,6 +109,8 @@ def index(
     orix.crystal_map.CrystalMap
         Rotations, phase from the model card, and property ``ncc``: the
         normalised cross-correlation of each pattern with its re-projection.
+        Patterns with NaN/infinite values or no contrast (constant, saturated)
+        are not indexed: phase ``-1``, ``ncc`` 0.
 
     Raises
     ------
@@ -163,6 +165,7 @@ def index(
     data = signal.data.reshape((n, *sig_shape))
     quaternions = np.empty((n, 4))
     ncc = np.empty(n, dtype=np.float32)
+    not_indexed = np.zeros(n, dtype=bool)
     bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
     with torch.no_grad():
         for start in range(0, n, batch_size):
@@ -171,11 +174,19 @@ def index(
             raw = torch.from_numpy(
                 np.asarray(block.compute() if hasattr(block, "compute") else block)
             )
+            raw = raw.float()
+            # NaN/inf, constant or saturated patterns carry no orientation: mark them
+            # not indexed, and zero them so that they cannot disturb the batch.
+            flat = raw.flatten(1)
+            bad = ~torch.isfinite(flat).all(1) | (flat.nan_to_num().std(1) < 1e-6)
+            raw[bad] = 0.0
             patterns = preprocess(raw, config, static_background=bg_t, shape=model_shape).to(dev)
             q = net.to_quaternions(net(patterns))
             pc_batch = torch.from_numpy(pcs[start:stop]).float().to(dev)
             simulated = preprocess(projector(q, pc_batch), config)
-            ncc[start:stop] = normalised_cross_correlation(patterns, simulated).cpu().numpy()
+            score = normalised_cross_correlation(patterns, simulated).cpu()
+            ncc[start:stop] = torch.where(bad, 0.0, score).numpy()
+            not_indexed[start:stop] = bad.numpy()
             quaternions[start:stop] = q.double().cpu().numpy()
             bar.update(stop - start)
     bar.close()
@@ -190,7 +201,7 @@ def index(
         phase = master_pattern.phase.deepcopy()
     return CrystalMap(
         rotations=Rotation(quaternions),
-        phase_id=np.zeros(n, dtype=int),
+        phase_id=np.where(not_indexed, -1, 0),
         x=(xx.ravel() * dx).astype(float),
         y=(yy.ravel() * dy).astype(float),
         phase_list=PhaseList(phase),

@@ -64,6 +64,7 @@ class TrainConfig:
     dose: tuple[float, float] = (8.0, 3000.0)
     clean_fraction: float = 0.1
     dictionary: str | None = None
+    init_from: str | None = None
     device: str = "auto"
 
     @classmethod
@@ -207,7 +208,16 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         )
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, shape=tuple(cfg.shape), **cfg.model_args).to(device)
+    if cfg.init_from:
+        # Fine-tuning: the saved model's architecture, and its weights unless resuming.
+        from ebsdnet.cards import load_model
+
+        model, start_card = load_model(cfg.init_from, device=device)
+        cfg.model = start_card["architecture"]
+        cfg.model_args = {k: v for k, v in start_card["architecture_args"].items() if k != "shape"}
+        model.train()
+    else:
+        model = create_model(cfg.model, shape=tuple(cfg.shape), **cfg.model_args).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     operators = point_group_operators(mp.point_group, device=device)
     start, history, elapsed = 0, [], 0.0
