@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from ebsdnet.preprocess import preprocess
+from ebsdnet.projector import DetectorGeometry, Projector
+from ebsdnet.refine import _small_rotation, refine_orientations
+from ebsdnet.rotations import disorientation_deg, quaternion_multiply
+from ebsdnet.stream import random_quaternions
+
+
+@pytest.fixture(scope="module")
+def case(master_pattern):
+    g = torch.Generator().manual_seed(0)
+    projector = Projector(master_pattern, DetectorGeometry())
+    truth = random_quaternions(32, g)
+    with torch.no_grad():
+        patterns = preprocess(projector(truth))
+    axis = torch.nn.functional.normalize(torch.randn(32, 3, generator=g), dim=-1)
+    start = quaternion_multiply(_small_rotation(axis * math.radians(2.0)), truth)
+    return projector, truth, patterns, start
+
+
+def test_refinement_recovers_a_rotation_from_a_2_degree_start(case):
+    projector, truth, patterns, start = case
+    result = refine_orientations(patterns, start, projector, max_iterations=20)
+    err = disorientation_deg(result.quaternions, truth)
+    assert err.max() <= 0.05
+    assert (result.ncc >= result.ncc_start).all()
+
+
+def test_refinement_picks_the_best_candidate(case):
+    projector, truth, patterns, start = case
+    wrong = random_quaternions(32, torch.Generator().manual_seed(9))
+    candidates = torch.stack((wrong, start), dim=1)  # (B, 2, 4): the second is near the truth
+    result = refine_orientations(patterns, candidates, projector, max_iterations=20)
+    assert disorientation_deg(result.quaternions, truth).max() <= 0.05
+
+
+def test_blank_patterns_do_not_disturb_the_batch(case):
+    projector, truth, patterns, start = case
+    mixed = patterns.clone()
+    mixed[::4] = 0.0  # blank
+    result = refine_orientations(mixed, start, projector, max_iterations=20)
+    good = torch.ones(32, dtype=torch.bool)
+    good[::4] = False
+    assert disorientation_deg(result.quaternions[good], truth[good]).max() <= 0.05
+    assert torch.isfinite(result.quaternions).all()
+    # Nothing to match: the start is kept.
+    kept = start[~good] * torch.sign(start[~good, :1])
+    assert torch.allclose(result.quaternions[~good], kept, atol=1e-6)
