@@ -179,7 +179,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_index(args) -> None:
     from ebsdnet.cards import ModelFileError
-    from ebsdnet.index import IndexingError, index, save_map, write_ipf_map
+    from ebsdnet.indexing import IndexingError, index, save_map, write_ipf_map
 
     src = Path(args.patterns)
     out = Path(args.output)

@@ -175,7 +175,7 @@ def _real_patterns(model, card: dict, dictionary, mp: MasterPattern) -> list[str
     """The nine real Ni patterns shipped in kikuchipy, against their stored orientations."""
     import kikuchipy as kp
 
-    from ebsdnet.index import index
+    from ebsdnet.indexing import index
 
     s = kp.data.nickel_ebsd_small()
     truth = torch.tensor(s.xmap.rotations.data)

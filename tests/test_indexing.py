@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ebsdnet.cli import main
-from ebsdnet.index import index
+from ebsdnet.indexing import index
 from ebsdnet.rotations import disorientation_deg
 from ebsdnet.synthetic import simulate_map
 
@@ -91,7 +91,7 @@ def test_wrong_pattern_shape_is_refused(tmp_path):
 def test_other_outputs_round_trip_through_orix(sim_map, tmp_path, suffix):
     from orix import io
 
-    from ebsdnet.index import save_map
+    from ebsdnet.indexing import save_map
 
     xmap = index(sim_map, model=MODEL, show_progressbar=False)
     back = io.load(save_map(xmap, tmp_path / f"map{suffix}"))
