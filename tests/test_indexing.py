@@ -68,11 +68,12 @@ def test_two_formats_give_the_same_map(sim_map, written):
 
 
 def test_wrong_pattern_shape_is_refused(tmp_path):
-    sig = simulate_map((2, 2), n_grains=1)
-    sig = sig.isig[:50, :50]
-    sig.detector.shape = (50, 50)
-    sig.static_background = None
-    sig.save(tmp_path / "small.h5")
+    import kikuchipy as kp
+
+    data = simulate_map((2, 2), n_grains=1).data[..., :50, :50]
+    kp.signals.EBSD(data, detector=kp.detectors.EBSDDetector(shape=(50, 50))).save(
+        tmp_path / "small.h5"
+    )
     code = main(
         [
             "-q",

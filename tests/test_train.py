@@ -73,7 +73,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert main([*args, "--time-limit-minutes", "0.0001"]) == 0
     stopped = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert 0 < stopped["step"] < 30 and not (tmp_path / "model.json").exists()
-    assert main(["-q", "train", "-o", str(tmp_path), "--resume"]) == 0
+    resume = ["-q", "train", "-o", str(tmp_path), "--resume", "--time-limit-minutes", "60"]
+    assert main(resume) == 0
     card = json.loads((tmp_path / "model.json").read_text())
     assert card["steps"] == 30
     assert main(args) == 2  # a run is there: refuse to start over without --force

@@ -118,5 +118,5 @@ def simulate_map(
         y=yy.ravel().astype(float),
         phase_list=PhaseList(mp.phase) if mp.phase is not None else None,
     )
-    static = (background * (1 - contrast / 2) * scale).numpy()
+    static = (background * (1 - contrast / 2) * scale).round().to(torch.uint8).numpy()
     return kp.signals.EBSD(data, detector=detector, xmap=xmap, static_background=static)

@@ -56,7 +56,7 @@ class TrainConfig:
     val_size: int = 500
     val_every: int = 500
     checkpoint_minutes: float = 5.0
-    time_limit_minutes: float | None = None
+    time_limit_minutes: float | None = None  # per invocation: stop resumably after this
     master_pattern: str | None = None
     shape: tuple[int, int] = (60, 60)
     pc: tuple[float, float, float] = (0.425, 0.213, 0.501)
@@ -234,7 +234,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         net = torch.nn.parallel.DistributedDataParallel(model)
 
     amp = device.type == "cuda"
-    t_start = time.perf_counter() - elapsed
+    t_start = time.perf_counter() - elapsed  # wall time across resumes, for the card
+    t_invoked = time.perf_counter()  # the time limit is per invocation (one session's share)
     t_ckpt = time.perf_counter()
     bar = tqdm(
         total=cfg.steps,
@@ -278,7 +279,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
                 loss=f"{loss.item():.4f}", **{k: f"{v['mean']:.2f}°" for k, v in figures.items()}
             )
         out_of_time = cfg.time_limit_minutes is not None and (
-            time.perf_counter() - t_start > 60 * cfg.time_limit_minutes
+            time.perf_counter() - t_invoked > 60 * cfg.time_limit_minutes
         )
         due = time.perf_counter() - t_ckpt > 60 * cfg.checkpoint_minutes
         if main_rank and (due or last or out_of_time):
