@@ -39,3 +39,11 @@ def write_section(name: str, body: str, path: Path = ROOT / "BENCHMARKS.md") -> 
         pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block + "\n"
     )
     path.write_text(text)
+
+
+def publish(name: str, lines: list[str], write: bool) -> None:
+    """Print a benchmark's table and, with ``write``, put it in BENCHMARKS.md."""
+    table = "\n".join(lines)
+    print(table)
+    if write:
+        write_section(name, table)

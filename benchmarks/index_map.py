@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _report import machine, write_section
+from _report import machine, publish
 from ebsdnet.metrics import error_summary
 from ebsdnet.rotations import disorientation_deg
 from ebsdnet.synthetic import simulate_map
@@ -72,10 +72,7 @@ def main() -> None:
             for name, e, rate in rows
         ],
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section("index_map", table)
+    publish("index_map", lines, args.write)
 
 
 if __name__ == "__main__":

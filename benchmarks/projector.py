@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from _report import machine, write_section
+from _report import machine, publish
 from ebsdnet.metrics import normalised_cross_correlation
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 from ebsdnet.stream import random_quaternions
@@ -94,10 +94,7 @@ def main() -> None:
         "|---|---:|---:|",
         *[f"| {name} | {rate:,.0f} | {rate / kp_rate:.2f} |" for name, rate in rows],
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section("projector", table)
+    publish("projector", lines, args.write)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 import torch
 
-from _report import machine, write_section
+from _report import machine, publish
 from ebsdnet.metrics import normalised_cross_correlation
 
 
@@ -89,10 +89,7 @@ def main() -> None:
         f"| {args.resolution}° | {n:,} | 60×60 uint8 | {size_gb:.2f} GB | {wall} | "
         f"{peak_mb:,.0f} MB | {float(ncc.min()):.5f} |",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.write:
-        write_section("simulate", table)
+    publish("simulate", lines, args.write)
 
 
 if __name__ == "__main__":
