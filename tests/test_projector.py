@@ -5,7 +5,11 @@ from orix.quaternion import Rotation
 
 from ebsdnet.metrics import normalised_cross_correlation
 from ebsdnet.projector import DetectorGeometry, Projector, lambert_coordinates
-from ebsdnet.rotations import point_group_operators, quaternion_multiply
+from ebsdnet.rotations import (
+    axis_angle_to_quaternion,
+    point_group_operators,
+    quaternion_multiply,
+)
 
 # (shape, pc, camera tilt, binning): usual PC, a far-off PC, a rectangular detector.
 CASES = [
@@ -74,12 +78,6 @@ def test_lambert_coordinates_cover_the_square():
     assert (share - 0.25).abs().max() < 0.02
 
 
-def _small_rotation(axis_angle: torch.Tensor) -> torch.Tensor:
-    angle = axis_angle.norm(dim=-1, keepdim=True)
-    axis = axis_angle / angle.clamp_min(1e-300)
-    return torch.cat((torch.cos(angle / 2), axis * torch.sin(angle / 2)), dim=-1)
-
-
 def test_gradients_agree_with_finite_differences(master_pattern):
     projector = Projector(master_pattern, DetectorGeometry()).double()
     torch.manual_seed(0)
@@ -88,7 +86,7 @@ def test_gradients_agree_with_finite_differences(master_pattern):
     pc0 = torch.tensor([[0.42, 0.22, 0.5]], dtype=torch.float64).repeat(4, 1)
 
     def score(delta, pc):
-        q = quaternion_multiply(_small_rotation(delta), q0)
+        q = quaternion_multiply(axis_angle_to_quaternion(delta), q0)
         return (projector(q, pc) * weights).sum((-2, -1))  # (4,)
 
     delta = torch.full((4, 3), 1e-12, dtype=torch.float64, requires_grad=True)

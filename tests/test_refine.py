@@ -5,8 +5,8 @@ import torch
 
 from ebsdnet.preprocess import preprocess
 from ebsdnet.projector import DetectorGeometry, Projector
-from ebsdnet.refine import _small_rotation, refine_orientations
-from ebsdnet.rotations import disorientation_deg, quaternion_multiply
+from ebsdnet.refine import refine_orientations
+from ebsdnet.rotations import axis_angle_to_quaternion, disorientation_deg, quaternion_multiply
 from ebsdnet.stream import random_quaternions
 
 
@@ -18,7 +18,7 @@ def case(master_pattern):
     with torch.no_grad():
         patterns = preprocess(projector(truth))
     axis = torch.nn.functional.normalize(torch.randn(32, 3, generator=g), dim=-1)
-    start = quaternion_multiply(_small_rotation(axis * math.radians(2.0)), truth)
+    start = quaternion_multiply(axis_angle_to_quaternion(axis * math.radians(2.0)), truth)
     return projector, truth, patterns, start
 
 

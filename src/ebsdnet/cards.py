@@ -21,7 +21,7 @@ from torch import nn
 
 from ebsdnet.models import create_model
 
-__all__ = ["ModelFileError", "load_model", "pretrained_names", "save_model"]
+__all__ = ["ModelFileError", "card_path", "load_model", "pretrained_names", "save_model"]
 
 PRETRAINED_DIR = "pretrained"
 
@@ -55,12 +55,12 @@ def save_model(model: nn.Module, path: str | Path, card: dict) -> Path:
         "architecture_args": model.config,
         "weights_sha256": _sha256(tmp),
     }
-    card_path = base.with_suffix(".json")
-    tmp_card = card_path.with_name(card_path.name + ".partial")
+    card_file = base.with_suffix(".json")
+    tmp_card = card_file.with_name(card_file.name + ".partial")
     tmp_card.write_text(json.dumps(card, indent=2, default=list) + "\n")
     os.replace(tmp, weights)
-    os.replace(tmp_card, card_path)
-    return card_path
+    os.replace(tmp_card, card_file)
+    return card_file
 
 
 def pretrained_names() -> list[str]:
@@ -71,7 +71,8 @@ def pretrained_names() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def card_path(name_or_path: str | Path) -> Path:
+    """The JSON card of a shipped model's name, or of a saved model's path."""
     if str(name_or_path) in pretrained_names():
         return Path(str(resources.files("ebsdnet") / PRETRAINED_DIR / f"{name_or_path}.json"))
     path = Path(name_or_path)
@@ -92,22 +93,22 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    card_path = _resolve(name_or_path)
-    weights = card_path.with_suffix(".safetensors")
-    if not card_path.is_file() or not weights.is_file():
+    card_file = card_path(name_or_path)
+    weights = card_file.with_suffix(".safetensors")
+    if not card_file.is_file() or not weights.is_file():
         known = ", ".join(pretrained_names()) or "none"
         raise ModelFileError(
-            f"model {name_or_path!s}: need {card_path.name} and {weights.name} "
+            f"model {name_or_path!s}: need {card_file.name} and {weights.name} "
             f"(shipped models: {known})"
         )
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"model card {card_path} is not valid JSON: {exc}") from exc
+        raise ModelFileError(f"model card {card_file} is not valid JSON: {exc}") from exc
     if not isinstance(card, dict) or "weights_sha256" not in card:
-        raise ModelFileError(f"model card {card_path} has no weights checksum")
+        raise ModelFileError(f"model card {card_file} has no weights checksum")
     if _sha256(weights) != card["weights_sha256"]:
-        raise ModelFileError(f"{weights} does not match the checksum in {card_path.name}")
+        raise ModelFileError(f"{weights} does not match the checksum in {card_file.name}")
     try:
         model = create_model(card["architecture"], **card.get("architecture_args", {}))
         model.load_state_dict(load_file(str(weights)))

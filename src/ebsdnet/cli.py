@@ -162,9 +162,9 @@ def cmd_evaluate(args) -> None:
             f">10° {100 * f['share_above_10']:.2f}% (n={f['n']})"
         )
     if args.update_card:
-        from ebsdnet.cards import _resolve
+        from ebsdnet.cards import card_path
 
-        path = _resolve(args.model)
+        path = card_path(args.model)
         card["held_out"] = {
             "command": f"ebsdnet evaluate {args.model} --n {args.n} --seed {args.seed}",
             "conditions": {

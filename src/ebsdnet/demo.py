@@ -24,7 +24,8 @@ import torch
 from ebsdnet.baselines import build_dictionary
 from ebsdnet.cards import load_model
 from ebsdnet.metrics import error_summary, normalised_cross_correlation
-from ebsdnet.plots import pattern_grid
+from ebsdnet.models import predict_quaternions
+from ebsdnet.plots import ipf_rgb, pattern_grid, pyplot
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 from ebsdnet.rotations import (
@@ -105,11 +106,6 @@ def _euler_mae_deg(q_pred: torch.Tensor, q_true: torch.Tensor, point_group: str)
     return [float(v) for v in torch.rad2deg(delta).mean(0)]
 
 
-def _cnn_predict(model, patterns: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model.to_quaternions(model(p)) for p in patterns.split(batch_size)])
-
-
 def _filters_and_activations(model, pattern: torch.Tensor, out: Path) -> None:
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     w = first.weight.detach()[:, 0].numpy()  # (C, k, k)
@@ -134,21 +130,8 @@ def _filters_and_activations(model, pattern: torch.Tensor, out: Path) -> None:
     )
 
 
-def _ipf_rgb(q: torch.Tensor, shape: tuple[int, int], point_group: str) -> np.ndarray:
-    from orix.plot import IPFColorKeyTSL
-    from orix.quaternion import Orientation, symmetry
-    from orix.vector import Vector3d
-
-    sym = {g.name: g for g in symmetry._groups}[point_group]
-    ori = Orientation(q.double().numpy(), symmetry=sym)
-    key = IPFColorKeyTSL(sym, direction=Vector3d.zvector())
-    return key.orientation2color(ori).reshape(*shape, 3)
-
-
 def _map_figures(rgb: dict[str, np.ndarray], errors: dict[str, np.ndarray], out: Path) -> None:
-    from ebsdnet.plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(rgb), figsize=(4 * len(rgb), 4.3))
     for ax, (name, image) in zip(axes, rgb.items(), strict=True):
         ax.imshow(image, interpolation="nearest")
@@ -226,9 +209,9 @@ def run_demo(out: Path, quick: bool = True, model: str = "ni-60") -> None:
     t0 = time.perf_counter()
     q_nn, _ = dictionary.match(patterns)
     t_nn = time.perf_counter() - t0
-    _cnn_predict(net, patterns[:64])  # warm-up
+    predict_quaternions(net, patterns[:64])  # warm-up
     t0 = time.perf_counter()
-    q_cnn = _cnn_predict(net, patterns)
+    q_cnn = predict_quaternions(net, patterns)
     t_cnn = time.perf_counter() - t0
 
     pg = card["point_group"]
@@ -271,9 +254,9 @@ def run_demo(out: Path, quick: bool = True, model: str = "ni-60") -> None:
     with torch.no_grad():
         map_patterns = preprocess(Projector(mp, geometry)(q_map), config)
     rgb = {
-        "truth": _ipf_rgb(q_map, shape, pg),
-        "1-NN": _ipf_rgb(dictionary.match(map_patterns)[0], shape, pg),
-        "CNN": _ipf_rgb(_cnn_predict(net, map_patterns), shape, pg),
+        "truth": ipf_rgb(q_map, pg, shape),
+        "1-NN": ipf_rgb(dictionary.match(map_patterns)[0], pg, shape),
+        "CNN": ipf_rgb(predict_quaternions(net, map_patterns), pg, shape),
     }
     _map_figures(rgb, {name: row[3] for name, row in rows.items()}, out)
     print()

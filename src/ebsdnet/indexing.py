@@ -19,7 +19,7 @@ import torch
 
 from ebsdnet.cards import load_model
 from ebsdnet.metrics import normalised_cross_correlation
-from ebsdnet.preprocess import PreprocessConfig, preprocess
+from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 
 __all__ = ["IndexingError", "index", "save_map", "write_ipf_map"]
@@ -134,15 +134,13 @@ def index(
         )
     am = signal.axes_manager
     sig_shape = am.signal_shape[::-1]  # (rows, cols)
-    if (
-        sig_shape[0] % model_shape[0]
-        or sig_shape[1] % model_shape[1]
-        or (sig_shape[0] // model_shape[0] != sig_shape[1] // model_shape[1])
-    ):
+    try:
+        rebin_factor(sig_shape, model_shape)
+    except ValueError:
         raise IndexingError(
             f"patterns are {sig_shape[0]}×{sig_shape[1]} but the model expects "
             f"{model_shape[0]}×{model_shape[1]} (or a whole multiple); retrain or rebin"
-        )
+        ) from None
     nav_shape = am.navigation_shape[::-1] or (1,)
     n = int(np.prod(nav_shape))
     if n == 0:
@@ -196,9 +194,10 @@ def index(
     dx = float(scale[0])
     dy = float(scale[1]) if len(scale) > 1 else dx
     yy, xx = np.mgrid[0:rows, 0:cols]
-    phase = Phase(name=card.get("phase") or "phase", point_group=card["point_group"])
     if master_pattern.phase is not None:
         phase = master_pattern.phase.deepcopy()
+    else:
+        phase = Phase(name=card.get("phase") or "phase", point_group=card["point_group"])
     return CrystalMap(
         rotations=Rotation(quaternions),
         phase_id=np.where(not_indexed, -1, 0),
@@ -296,19 +295,16 @@ def save_map(xmap, path: str | Path) -> Path:
 
 def write_ipf_map(xmap, path: str | Path, direction: str = "z") -> Path:
     """Save an inverse-pole-figure colour map (sample ``direction``) as PNG."""
-    import matplotlib
+    from ebsdnet.plots import ipf_rgb, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from orix.plot import IPFColorKeyTSL
-    from orix.vector import Vector3d
-
-    vec = {"x": Vector3d.xvector(), "y": Vector3d.yvector(), "z": Vector3d.zvector()}[direction]
-    key = IPFColorKeyTSL(xmap.phases[0].point_group, direction=vec)
-    rgb = key.orientation2color(xmap.orientations).reshape(*xmap.shape, 3)
+    plt = pyplot()
+    phase = xmap.phases[0]
+    rgb = ipf_rgb(
+        torch.from_numpy(xmap.rotations.data), phase.point_group.name, xmap.shape, direction
+    )
     fig, ax = plt.subplots(figsize=(5, 5 * xmap.shape[0] / max(1, xmap.shape[1]) + 0.5))
     ax.imshow(rgb, interpolation="nearest")
-    ax.set_title(f"IPF-{direction.upper()} ({xmap.phases[0].name})", fontsize=10)
+    ax.set_title(f"IPF-{direction.upper()} ({phase.name})", fontsize=10)
     ax.axis("off")
     fig.tight_layout()
     path = Path(path)

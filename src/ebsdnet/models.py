@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ebsdnet.rotations import euler_to_quaternion, matrix_to_quaternion, sixd_to_matrix
 
-__all__ = ["MODELS", "EbsdnetS", "Liu2016", "create_model"]
+__all__ = ["MODELS", "EbsdnetS", "Liu2016", "create_model", "predict_quaternions"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,6 +51,17 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)
+
+
+@torch.no_grad()
+def predict_quaternions(
+    model: nn.Module, patterns: Tensor, batch_size: int = 512, device: torch.device | None = None
+) -> Tensor:
+    """A model's quaternions ``(B, 4)`` for conditioned patterns ``(B, H, W)``, on the CPU."""
+    device = device or next(model.parameters()).device
+    return torch.cat(
+        [model.to_quaternions(model(p.to(device))).cpu() for p in patterns.split(batch_size)]
+    )
 
 
 class _Liu2016Branch(nn.Sequential):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["pattern_grid"]
+__all__ = ["ipf_rgb", "pattern_grid", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no screen needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +28,7 @@ def pattern_grid(
     title: str | None = None,
 ) -> Path:
     """Save patterns as a grid PNG: ``rows`` is a list of ``(n, H, W)`` arrays."""
-    plt = _pyplot()
+    plt = pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(1.6 * n_cols + 0.8, 1.6 * n_rows + 0.4), squeeze=False
@@ -54,3 +55,17 @@ def pattern_grid(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def ipf_rgb(quaternions, point_group: str, shape: tuple[int, ...], direction: str = "z"):
+    """IPF colours ``(*shape, 3)`` of quaternions ``(N, 4)`` along sample ``direction``."""
+    from orix.plot import IPFColorKeyTSL
+    from orix.quaternion import Orientation
+    from orix.vector import Vector3d
+
+    from ebsdnet.rotations import orix_point_group
+
+    sym = orix_point_group(point_group)
+    vec = {"x": Vector3d.xvector(), "y": Vector3d.yvector(), "z": Vector3d.zvector()}[direction]
+    ori = Orientation(np.asarray(quaternions, dtype=np.float64), symmetry=sym)
+    return IPFColorKeyTSL(sym, direction=vec).orientation2color(ori).reshape(*shape, 3)

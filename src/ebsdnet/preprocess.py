@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PreprocessConfig", "gaussian_blur", "preprocess", "rebin"]
+__all__ = ["PreprocessConfig", "gaussian_blur", "preprocess", "rebin", "rebin_factor"]
 
 
 @dataclass(frozen=True)
@@ -72,23 +72,35 @@ def gaussian_blur(patterns: Tensor, sigma: float | Tensor) -> Tensor:
     return x[0]
 
 
+def rebin_factor(pattern_shape: tuple[int, int], shape: tuple[int, int]) -> int:
+    """The whole factor that takes ``pattern_shape`` down to ``shape`` (1 when equal).
+
+    Raises
+    ------
+    ValueError
+        If the two directions do not share one whole factor.
+    """
+    h, w = pattern_shape
+    if h % shape[0] or w % shape[1] or h // shape[0] != w // shape[1]:
+        raise ValueError(
+            f"patterns are {h}×{w} but the target is {shape[0]}×{shape[1]}; "
+            "rebinning needs the same whole factor in both directions"
+        )
+    return h // shape[0]
+
+
 def rebin(patterns: Tensor, shape: tuple[int, int]) -> Tensor:
     """Average ``(B, H, W)`` patterns down to ``shape`` (area averaging).
 
     Raises
     ------
     ValueError
-        If ``H, W`` are not whole multiples of ``shape``.
+        If ``H, W`` are not whole multiples of ``shape`` (see :func:`rebin_factor`).
     """
-    h, w = patterns.shape[-2:]
-    if (h, w) == tuple(shape):
+    factor = rebin_factor(tuple(patterns.shape[-2:]), tuple(shape))
+    if factor == 1:
         return patterns
-    if h % shape[0] or w % shape[1] or h // shape[0] != w // shape[1]:
-        raise ValueError(
-            f"patterns are {h}×{w} but the target is {shape[0]}×{shape[1]}; "
-            "rebinning needs the same whole factor in both directions"
-        )
-    return F.avg_pool2d(patterns[:, None], kernel_size=h // shape[0])[:, 0]
+    return F.avg_pool2d(patterns[:, None], kernel_size=factor)[:, 0]
 
 
 def preprocess(

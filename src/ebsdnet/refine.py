@@ -25,7 +25,11 @@ from torch import Tensor
 
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import Projector
-from ebsdnet.rotations import quaternion_multiply, standardise_quaternion
+from ebsdnet.rotations import (
+    axis_angle_to_quaternion,
+    quaternion_multiply,
+    standardise_quaternion,
+)
 
 __all__ = ["RefineResult", "refine_orientations"]
 
@@ -38,17 +42,6 @@ class RefineResult:
     ncc: Tensor
     ncc_start: Tensor
     iterations: Tensor
-
-
-def _small_rotation(delta: Tensor) -> Tensor:
-    """Axis-angle vectors ``(..., 3)`` (radians) to quaternions."""
-    angle = delta.norm(dim=-1, keepdim=True)
-    half = 0.5 * angle
-    # sin(x)/x → 1 as x → 0: keep the axis term finite for zero rotations.
-    scale = torch.where(
-        angle > 1e-12, torch.sin(half) / angle.clamp_min(1e-12), 0.5 * torch.ones_like(angle)
-    )
-    return torch.cat((torch.cos(half), delta * scale), dim=-1)
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -126,7 +119,7 @@ def refine_orientations(
                 d = torch.zeros(len(idx), 3, device=device)
                 d[:, axis] = h
                 columns.append(
-                    (simulate(quaternion_multiply(_small_rotation(d), qa), pa) - s0) / h
+                    (simulate(quaternion_multiply(axis_angle_to_quaternion(d), qa), pa) - s0) / h
                 )
             jac = torch.stack(columns, dim=-1)  # (A, P, 3)
             jtj = jac.transpose(1, 2) @ jac  # (A, 3, 3)
@@ -135,7 +128,7 @@ def refine_orientations(
                 jtj.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] + 1e-12
             )
             step = -torch.linalg.solve(jtj + lam * eye, grad)
-            q_new = standardise_quaternion(quaternion_multiply(_small_rotation(step), qa))
+            q_new = standardise_quaternion(quaternion_multiply(axis_angle_to_quaternion(step), qa))
             ncc_new = (simulate(q_new, pa) * ta).sum(1)
             better = ncc_new > ncc[idx]
             q[idx[better]] = q_new[better]

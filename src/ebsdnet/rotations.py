@@ -22,11 +22,13 @@ from torch import Tensor
 
 __all__ = [
     "LAUE_GROUPS",
+    "axis_angle_to_quaternion",
     "disorientation_deg",
     "euler_to_quaternion",
     "matrix_to_quaternion",
     "matrix_to_sixd",
     "misorientation_angle",
+    "orix_point_group",
     "point_group_operators",
     "quaternion_conjugate",
     "quaternion_multiply",
@@ -169,6 +171,20 @@ def quaternion_to_euler(q: Tensor) -> Tensor:
     return torch.remainder(torch.stack((phi1, big_phi, phi2), dim=-1), 2 * math.pi)
 
 
+def axis_angle_to_quaternion(v: Tensor) -> Tensor:
+    """Axis-angle vectors ``(..., 3)`` (direction × angle in radians) to quaternions.
+
+    Finite, with a finite gradient, at the zero rotation.
+    """
+    angle = v.norm(dim=-1, keepdim=True)
+    half = 0.5 * angle
+    # sin(θ/2)/θ → 1/2 as θ → 0.
+    scale = torch.where(
+        angle > 1e-12, torch.sin(half) / angle.clamp_min(1e-12), 0.5 * torch.ones_like(angle)
+    )
+    return torch.cat((torch.cos(half), v * scale), dim=-1)
+
+
 def sixd_to_matrix(d6: Tensor) -> Tensor:
     """Continuous 6D representation (Zhou et al. 2019) to rotation matrices.
 
@@ -187,8 +203,8 @@ def matrix_to_sixd(m: Tensor) -> Tensor:
     return torch.cat((m[..., :, 0], m[..., :, 1]), dim=-1)
 
 
-@lru_cache(maxsize=64)
-def _operators_numpy(point_group: str) -> np.ndarray:
+def orix_point_group(point_group: str):
+    """orix's ``Symmetry`` for a point-group name (``"m-3m"``, ``"432"``, ``"6/mmm"``, …)."""
     from orix.quaternion import symmetry
 
     names = {g.name: g for g in symmetry._groups}
@@ -197,7 +213,12 @@ def _operators_numpy(point_group: str) -> np.ndarray:
             f"unknown point group {point_group!r}; expected one of orix's names, "
             f"e.g. {', '.join(LAUE_GROUPS)}"
         )
-    proper = names[point_group].laue_proper_subgroup
+    return names[point_group]
+
+
+@lru_cache(maxsize=64)
+def _operators_numpy(point_group: str) -> np.ndarray:
+    proper = orix_point_group(point_group).laue_proper_subgroup
     return np.ascontiguousarray(proper.data, dtype=np.float64)
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ebsdnet.preprocess import PreprocessConfig, gaussian_blur, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
-from ebsdnet.rotations import quaternion_to_euler
+from ebsdnet.rotations import orix_point_group, quaternion_to_euler
 
 __all__ = [
     "DegradationConfig",
@@ -95,11 +95,11 @@ def sample_fundamental_zone(resolution_deg: float, point_group: str) -> np.ndarr
 
     Returns quaternions ``(N, 4)``, float64.
     """
-    from orix.quaternion import OrientationRegion, Rotation, symmetry
+    from orix.quaternion import OrientationRegion, Rotation
     from orix.quaternion._conversions import ax2qu_2d, cu2ro_2d, ro2ax_2d
     from orix.sampling._cubochoric_sampling import resolution_to_semi_edge_steps
 
-    group = {g.name: g for g in symmetry._groups}[point_group].laue_proper_subgroup
+    group = orix_point_group(point_group).laue_proper_subgroup
     region = OrientationRegion.from_symmetry(group)
     steps = resolution_to_semi_edge_steps(resolution_deg)
     # orix's grid S_000(N): indices -N+1..N along each edge of the cube.

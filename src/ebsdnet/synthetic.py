@@ -16,7 +16,11 @@ import numpy as np
 import torch
 
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
-from ebsdnet.rotations import quaternion_multiply, standardise_quaternion
+from ebsdnet.rotations import (
+    axis_angle_to_quaternion,
+    quaternion_multiply,
+    standardise_quaternion,
+)
 from ebsdnet.stream import random_quaternions
 
 __all__ = ["polycrystal_orientations", "simulate_map"]
@@ -44,8 +48,7 @@ def polycrystal_orientations(
     axes = torch.nn.functional.normalize(torch.randn(n_grains, 3, generator=g), dim=-1)
     # Angle grows linearly with the distance from the grain centre.
     dist = (pos - centres[grain]).norm(dim=-1) / max(rows, cols)
-    half = 0.5 * math.radians(gradient_deg) * dist
-    turn = torch.cat((torch.cos(half)[:, None], axes[grain] * torch.sin(half)[:, None]), dim=-1)
+    turn = axis_angle_to_quaternion(axes[grain] * (math.radians(gradient_deg) * dist)[:, None])
     q = standardise_quaternion(quaternion_multiply(turn, base[grain]))
     return q, grain.numpy()
 

@@ -29,7 +29,7 @@ import torch
 from ebsdnet.cards import save_model
 from ebsdnet.losses import compute_loss
 from ebsdnet.metrics import error_summary
-from ebsdnet.models import create_model
+from ebsdnet.models import create_model, predict_quaternions
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
@@ -137,9 +137,7 @@ def evaluate(model, sets: dict, point_group: str, device: torch.device) -> dict[
     model.eval()
     result = {}
     for name, batch in sets.items():
-        q_pred = torch.cat(
-            [model.to_quaternions(model(p.to(device))).cpu() for p in batch["patterns"].split(256)]
-        )
+        q_pred = predict_quaternions(model, batch["patterns"], batch_size=256, device=device)
         result[name] = error_summary(disorientation_deg(q_pred, batch["quaternions"], point_group))
     model.train(was_training)
     return result
