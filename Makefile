@@ -25,7 +25,7 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/ebsdnet bench
+	$(BIN)/ebsdnet bench --benchmarks BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -128,3 +128,39 @@ def test_broken_patterns_are_not_indexed_and_leave_the_rest_alone(sim_map):
     assert list(xmap.phase_id[:3]) == [-1, -1, -1]
     assert np.all(xmap.prop["ncc"][:3] == 0)
     assert np.array_equal(xmap.rotations.data[3:], good.rotations.data[3:])
+
+
+def test_refinement_sharpens_the_cnn(sim_map):
+    truth = torch.tensor(sim_map.xmap.rotations.data)
+    cnn = index(sim_map, model=MODEL, refine=False, show_progressbar=False)
+    refined = index(sim_map, model=MODEL, show_progressbar=False)
+    err_cnn = disorientation_deg(torch.tensor(cnn.rotations.data), truth, "m-3m")
+    err = disorientation_deg(torch.tensor(refined.rotations.data), truth, "m-3m")
+    assert err.mean() < 0.1 < err_cnn.mean()
+    assert (refined.prop["ncc"] >= cnn.prop["ncc"] - 1e-4).all()
+
+
+def test_real_patterns_index_with_the_dictionary_fallback():
+    """The CNN misreads kikuchipy's 9 real Ni patterns; the fallback and refinement do not."""
+    import kikuchipy as kp
+
+    s = kp.data.nickel_ebsd_small()
+    truth = torch.tensor(s.xmap.rotations.data)
+    xmap = index(s, model=MODEL, show_progressbar=False)
+    err = disorientation_deg(torch.tensor(xmap.rotations.data), truth, "m-3m")
+    assert err.mean() <= 0.3 and err.max() < 1.0
+    assert (xmap.phase_id == 0).all() and (xmap.prop["ncc"] > 0.3).all()
+    without = index(s, model=MODEL, fallback_ncc=None, show_progressbar=False)
+    err_without = disorientation_deg(torch.tensor(without.rotations.data), truth, "m-3m")
+    assert err_without.mean() > 5  # the CNN alone is lost on these patterns
+
+
+def test_pattern_centre_refinement_adds_pc_columns(sim_map, tmp_path):
+    xmap = index(sim_map, model=MODEL, refine_pc=True, show_progressbar=False)
+    for axis in "xyz":
+        assert f"pc{axis}" in xmap.prop
+    assert abs(float(np.mean(xmap.prop["pcx"])) - 0.425) < 0.01
+    code = main(
+        ["-q", "index", "x.h5", "-o", str(tmp_path / "a.ang"), "--no-refine", "--refine-pc"]
+    )
+    assert code == 2

@@ -105,3 +105,38 @@ def test_gradients_agree_with_finite_differences(master_pattern):
         # inside the finite-difference step, hence 1% rather than machine precision.
         assert torch.allclose(g_rot[:, i], fd_rot, rtol=1e-2, atol=1e-2 * fd_rot.abs().max())
         assert torch.allclose(g_pc[:, i], fd_pc, rtol=1e-2, atol=1e-2 * fd_pc.abs().max())
+
+
+def test_rotation_jacobian_matches_finite_differences(master_pattern):
+    projector = Projector(master_pattern, DetectorGeometry())
+    q = torch.nn.functional.normalize(
+        torch.randn(8, 4, generator=torch.Generator().manual_seed(2)), dim=-1
+    )
+    patterns, jac = projector.with_jacobian(q)
+    assert jac.shape == (8, 60, 60, 3)
+    with torch.no_grad():
+        assert torch.allclose(patterns, projector(q))
+        h = 1e-4
+        for axis in range(3):
+            d = torch.zeros(8, 3)
+            d[:, axis] = h
+            moved = projector(quaternion_multiply(axis_angle_to_quaternion(d), q))
+            fd = ((moved - patterns) / h).flatten(1)
+            cos = torch.nn.functional.cosine_similarity(fd, jac[..., axis].flatten(1), dim=1)
+            assert cos.min() > 0.99
+
+
+def test_binned_projector_sees_the_block_centres(master_pattern):
+    projector = Projector(master_pattern, DetectorGeometry())
+    coarse = projector.binned(2)
+    assert coarse.shape == (30, 30) and projector.binned(2) is coarse
+    q = torch.tensor([[0.9, 0.1, 0.3, 0.2]])
+    with torch.no_grad():
+        full = projector(q)
+        pooled = torch.nn.functional.avg_pool2d(full[:, None], 2)[:, 0]
+        shifted = torch.nn.functional.avg_pool2d(full.roll(1, dims=-1)[:, None], 2)[:, 0]
+        # Point samples at the block centres vs block means: close, and closer than
+        # blocks one fine pixel off.
+        aligned = normalised_cross_correlation(coarse(q), pooled)
+        assert aligned.min() > 0.85
+        assert (aligned > normalised_cross_correlation(coarse(q), shifted)).all()

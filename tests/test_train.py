@@ -105,6 +105,14 @@ def test_liu2016_trains_on_its_periodic_loss(tmp_path):
 
 
 @pytest.mark.slow
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_with_two_cpu_processes(tmp_path):
     cmd = [
         sys.executable,
@@ -113,7 +121,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(_free_port()),
         "-m",
         "ebsdnet.cli",
         "-q",

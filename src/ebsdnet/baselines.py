@@ -38,12 +38,17 @@ class Dictionary:
 
     def match(self, patterns: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """Best entry for each conditioned pattern ``(B, H, W)``: quaternions and NCC."""
+        q, score = self.top(patterns, 1, batch_size)
+        return q[:, 0], score[:, 0]
+
+    def top(self, patterns: Tensor, k: int, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+        """The ``k`` best entries for each pattern: quaternions ``(B, k, 4)``, NCC ``(B, k)``."""
         best_q, best_score = [], []
         for chunk in patterns.split(batch_size):
             x = chunk.reshape(len(chunk), -1)
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
             scores = x.to(self.patterns.dtype) @ self.patterns.T  # (b, N)
-            score, idx = scores.float().max(dim=-1)
+            score, idx = scores.float().topk(k, dim=-1)
             best_q.append(self.quaternions[idx])
             best_score.append(score)
         return torch.cat(best_q), torch.cat(best_score)

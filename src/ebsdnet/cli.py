@@ -157,7 +157,7 @@ def cmd_evaluate(args) -> None:
     figures = evaluate(model, sets, card["point_group"], device)
     for name, f in figures.items():
         print(
-            f"{name:>10}: mean {f['mean']:.3f}°, median {f['median']:.3f}°, p90 {f['p90']:.3f}°, "
+            f"{name:>13}: mean {f['mean']:.3f}°, median {f['median']:.3f}°, p90 {f['p90']:.3f}°, "
             f">3° {100 * f['share_above_3']:.2f}%, >5° {100 * f['share_above_5']:.2f}%, "
             f">10° {100 * f['share_above_10']:.2f}% (n={f['n']})"
         )
@@ -170,6 +170,8 @@ def cmd_evaluate(args) -> None:
             "conditions": {
                 "noise_free": "no noise, nominal PC",
                 "moderate": f"dose 100 counts/pixel, PC jitter ±{jitter:g}",
+                "detector_like": "dose 50–300, blur 0.5–1.5 px, band contrast fading towards "
+                f"the edges (width 0.6–1.0 of the half-width), PC jitter ±{jitter:g}",
             },
             **figures,
         }
@@ -179,7 +181,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_index(args) -> None:
     from ebsdnet.cards import ModelFileError
-    from ebsdnet.indexing import IndexingError, index, save_map, write_ipf_map
+    from ebsdnet.indexing import MIN_NCC, IndexingError, index, save_map, write_ipf_map
 
     src = Path(args.patterns)
     out = Path(args.output)
@@ -190,6 +192,8 @@ def cmd_index(args) -> None:
         raise UserError(f"cannot write {out.name}: the output must end in .ang, .ctf or .h5")
     if args.ipf:
         _check_output(Path(args.ipf), args.force)
+    if args.no_refine and args.refine_pc:
+        raise UserError("--refine-pc needs refinement: drop --no-refine")
     if args.pc is not None:
         _geometry(args)  # validates the PC
     import kikuchipy as kp
@@ -205,6 +209,8 @@ def cmd_index(args) -> None:
         xmap = index(
             signal, model=args.model, pc=None if args.pc is None else tuple(args.pc),
             master_pattern=mp, batch_size=args.batch_size, device=args.device,
+            refine=not args.no_refine, refine_pc=args.refine_pc,
+            min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
             show_progressbar=not args.quiet,
         )  # fmt: skip
         save_map(xmap, out)
@@ -223,6 +229,26 @@ def cmd_demo(args) -> None:
         run_demo(Path(args.out), quick=not args.full, model=args.model)
     except ModelFileError as exc:
         raise UserError(str(exc)) from exc
+
+
+def cmd_bench(args) -> None:
+    from ebsdnet.bench import run_bench
+    from ebsdnet.cards import ModelFileError
+
+    out = Path(args.out)
+    if args.benchmarks and not Path(args.benchmarks).parent.is_dir():
+        raise UserError(f"folder of {args.benchmarks} does not exist")
+    try:
+        run_bench(
+            out,
+            quick=args.quick,
+            model=args.model,
+            benchmarks_md=Path(args.benchmarks) if args.benchmarks else None,
+        )
+    except ModelFileError as exc:
+        raise UserError(str(exc)) from exc
+    print((out / "bench.md").read_text())
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'} and {out / 'error_vs_dose.png'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pc-jitter", type=float, help="half-width of the PC range trained on")
     p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"))
     p.add_argument("--dose", nargs=2, type=float, metavar=("MIN", "MAX"))
+    p.add_argument("--blur", nargs=2, type=float, metavar=("MIN", "MAX"), help="PSF, pixels")
+    p.add_argument(
+        "--falloff",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="width range of the band contrast's radial fall-off (fraction of half-width)",
+    )
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument("--dictionary", metavar="FILE", help="train from an `ebsdnet simulate` file")
     p.add_argument("--init-from", metavar="MODEL", help="start from a saved or shipped model")
@@ -282,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="pattern centre (Bruker) overriding the file's",
     )
     p.add_argument("--ipf", metavar="PNG", help="also write an IPF-Z colour map")
+    p.add_argument(
+        "--no-refine", action="store_true", help="CNN only: skip pattern-matching refinement"
+    )
+    p.add_argument(
+        "--refine-pc", action="store_true", help="also refine each pattern centre (rough PC)"
+    )
+    p.add_argument(
+        "--min-ncc",
+        type=float,
+        help="final NCC below which a pattern is not indexed (default 0.1)",
+    )
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--master-pattern", metavar="FILE")
@@ -302,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="the 2016 sizes (333,227 / 30,000)")
     p.add_argument("--model", default="ni-60", help="CNN to compare (default: shipped ni-60)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "bench", help="accuracy and speed beside kikuchipy DI and PyEBSDIndex Hough"
+    )
+    p.add_argument("--quick", action="store_true", help="small maps, 2° dictionary only")
+    p.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
+    p.add_argument("--model", default="ni-60", help="model to measure (default: shipped ni-60)")
+    p.add_argument(
+        "--benchmarks", metavar="MD", help="also write the tables into this BENCHMARKS.md"
+    )
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

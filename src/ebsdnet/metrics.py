@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["error_summary", "normalised_cross_correlation"]
+__all__ = ["error_summary", "normalised_cross_correlation", "unit_patterns"]
+
+
+def unit_patterns(x: Tensor) -> Tensor:
+    """Flatten ``(B, ...)`` patterns to zero-mean unit vectors ``(B, P)``.
+
+    The NCC of two patterns is the dot product of their unit vectors.
+    """
+    x = x.reshape(x.shape[0], -1)
+    x = x - x.mean(-1, keepdim=True)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def normalised_cross_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -18,11 +28,7 @@ def normalised_cross_correlation(a: Tensor, b: Tensor) -> Tensor:
     >>> normalised_cross_correlation(x, 2 * x + 1).round(decimals=6).tolist()
     [1.0, 1.0, 1.0]
     """
-    a = a.reshape(a.shape[0], -1).double()
-    b = b.reshape(b.shape[0], -1).double()
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
+    return (unit_patterns(a.double()) * unit_patterns(b.double())).sum(-1)
 
 
 def error_summary(disorientation_deg: Tensor) -> dict[str, float]:

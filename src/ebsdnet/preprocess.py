@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PreprocessConfig", "gaussian_blur", "preprocess", "rebin", "rebin_factor"]
+__all__ = [
+    "PreprocessConfig",
+    "gaussian_blur",
+    "preprocess",
+    "rebin",
+    "rebin_factor",
+    "remove_dynamic_background",
+]
 
 
 @dataclass(frozen=True)
@@ -145,9 +152,14 @@ def preprocess(
         x = rebin(x, shape)
     if config.outlier_clip > 0:
         x = _robust_standardise(x).clamp(-config.outlier_clip, config.outlier_clip)
-    if config.dynamic_sigma > 0:
-        x = x - gaussian_blur(x, config.dynamic_sigma * x.shape[-1])
-    return _standardise(x)
+    return _standardise(remove_dynamic_background(x, config))
+
+
+def remove_dynamic_background(x: Tensor, config: PreprocessConfig) -> Tensor:
+    """Subtract the wide Gaussian blur of ``(B, H, W)`` patterns (a linear high-pass)."""
+    if config.dynamic_sigma <= 0:
+        return x
+    return x - gaussian_blur(x, config.dynamic_sigma * x.shape[-1])
 
 
 def _robust_standardise(x: Tensor) -> Tensor:

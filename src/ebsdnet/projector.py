@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -208,6 +208,21 @@ class Projector(torch.nn.Module):
     def shape(self) -> tuple[int, int]:
         return self.geometry.shape
 
+    def binned(self, factor: int) -> Projector:
+        """The projector of this detector binned ``factor``×``factor`` (cached; same device).
+
+        Its pixel centres are the centres of the binned blocks.
+        """
+        if factor == 1:
+            return self
+        cache = self.__dict__.setdefault("_binned", {})
+        key = (factor, self.u.device)
+        if key not in cache:
+            rows, cols = self.geometry.shape
+            geometry = replace(self.geometry, shape=(rows // factor, cols // factor))
+            cache[key] = Projector(self.master_pattern, geometry).to(self.u.device)
+        return cache[key]
+
     def detector_directions(self, pc: Tensor | None = None) -> Tensor:
         """Unit vectors from the source to each pixel, sample frame.
 
@@ -230,6 +245,27 @@ class Projector(torch.nn.Module):
         rot = quaternion_to_matrix(quaternions.to(self.u))  # (B, 3, 3)
         crystal = directions @ rot.transpose(-1, -2)  # (B, P, 3)
         return self._sample(crystal).reshape(-1, *self.geometry.shape)
+
+    def with_jacobian(
+        self, quaternions: Tensor, pc: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Patterns ``(B, H, W)`` and their derivatives ``(B, H, W, 3)`` w.r.t. a small rotation.
+
+        The derivative is taken w.r.t. the angles ``δ`` (radians) of a rotation
+        applied on the left, ``q ← exp(δ) q``. A pixel's crystal direction
+        ``c`` then moves by ``δ × c``, so its derivative is ``c × ∇c``, with
+        ``∇c`` the gradient of the look-up w.r.t. ``c`` — one backward pass for
+        all pixels, since each pixel depends on its own direction alone.
+        """
+        directions = self.detector_directions(pc)
+        rot = quaternion_to_matrix(quaternions.to(self.u))
+        with torch.enable_grad():
+            crystal = (directions @ rot.transpose(-1, -2)).detach().requires_grad_(True)
+            intensity = self._sample(crystal)
+            (grad,) = torch.autograd.grad(intensity.sum(), crystal)
+        jac = torch.linalg.cross(crystal.detach(), grad, dim=-1)
+        shape = self.geometry.shape
+        return intensity.detach().reshape(-1, *shape), jac.reshape(-1, *shape, 3)
 
     def _sample(self, crystal: Tensor) -> Tensor:
         """Bilinear look-up of crystal directions ``(B, P, 3)`` → intensities ``(B, P)``."""

@@ -53,6 +53,11 @@ class DegradationConfig:
         Range of the point-spread blur, pixels.
     background_strength
         Peak-to-edge fall-off of the smooth background/vignetting, 0..1.
+    falloff
+        Range (log-uniform) of the width of the band contrast's radial fall-off,
+        as a fraction of the detector's half-width, about a point near its
+        centre: real bands fade towards the detector edges, where electrons
+        leave the sample at grazing angles. ``None``: uniform contrast.
     pc_jitter
         Half-width of the uniform pattern-centre jitter (Bruker units).
     bad_pixel_fraction
@@ -65,6 +70,7 @@ class DegradationConfig:
     contrast: tuple[float, float] = (0.25, 0.6)
     blur: tuple[float, float] = (0.0, 1.0)
     background_strength: tuple[float, float] = (0.0, 0.6)
+    falloff: tuple[float, float] | None = None
     pc_jitter: float = 0.03
     bad_pixel_fraction: float = 0.001
     clean_fraction: float = 0.0
@@ -130,10 +136,22 @@ def _smooth_background(n: int, shape: tuple[int, int], strength: Tensor, g: torc
     return 1 - strength[:, None, None] * (1 - hump)
 
 
+def _contrast_falloff(n: int, shape: tuple[int, int], width: Tensor, g: torch.Generator):
+    """Gaussian fall-off of band contrast about a point near the detector centre."""
+    rows, cols = shape
+    yy = torch.linspace(-1, 1, rows)[:, None]
+    xx = torch.linspace(-1, 1, cols)[None, :]
+    cy = 0.6 * torch.rand(n, 1, 1, generator=g) - 0.3
+    cx = 0.6 * torch.rand(n, 1, 1, generator=g) - 0.3
+    r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    return torch.exp(-r2 / (2 * width[:, None, None] ** 2))
+
+
 def degrade(clean: Tensor, config: DegradationConfig, generator: torch.Generator) -> Tensor:
     """Turn clean simulated patterns ``(B, H, W)`` into detector-like raw counts.
 
-    Band contrast on a smooth background, point-spread blur, Poisson shot noise
+    Band contrast (optionally fading towards the edges) on a smooth
+    background, point-spread blur, Poisson shot noise
     at a random dose, then hot and dead pixels. The output is float32 raw
     intensity, to be passed through :func:`~ebsdnet.preprocess.preprocess`.
     """
@@ -143,6 +161,10 @@ def degrade(clean: Tensor, config: DegradationConfig, generator: torch.Generator
     hi = clean.amax((-2, -1), keepdim=True)
     bands = (clean - lo) / (hi - lo).clamp_min(1e-6)  # (B, H, W) in [0, 1]
     contrast = _uniform(config.contrast, b, g)[:, None, None]
+    if config.falloff is not None:
+        lo_w, hi_w = config.falloff
+        width = torch.exp(_uniform((math.log(lo_w), math.log(hi_w)), b, g))
+        contrast = contrast * _contrast_falloff(b, clean.shape[-2:], width, g)
     background = _smooth_background(
         b, clean.shape[-2:], _uniform(config.background_strength, b, g), g
     )

@@ -62,6 +62,8 @@ class TrainConfig:
     pc: tuple[float, float, float] = (0.425, 0.213, 0.501)
     pc_jitter: float = 0.03
     dose: tuple[float, float] = (8.0, 3000.0)
+    blur: tuple[float, float] = (0.0, 1.0)
+    falloff: tuple[float, float] | None = None
     clean_fraction: float = 0.1
     dictionary: str | None = None
     init_from: str | None = None
@@ -118,13 +120,23 @@ class DictionaryBatches:
 def held_out_sets(
     mp: MasterPattern, geometry: DetectorGeometry, n: int, seed: int, pc_jitter: float = 0.03
 ) -> dict[str, dict]:
-    """Fixed held-out sets: noise-free at the nominal PC, and moderate noise (dose 100).
+    """Fixed held-out sets, all with random pattern-centre jitter except the first.
 
-    Seeds at or above 1,000,000 never meet training batches (those use the run's seed).
+    ``noise_free`` (nominal PC); ``moderate``: dose 100, random contrast and
+    background, blur ≤ 1 px; ``detector_like``: dose 50–300, blur 0.5–1.5 px
+    and band contrast fading towards the edges (width 0.6–1.0), as on real
+    detectors. Seeds at or above 1,000,000 never meet training batches (those
+    use the run's seed).
     """
-    moderate = DegradationConfig(dose=(100.0, 100.0), pc_jitter=pc_jitter)
+    conditions = {
+        "noise_free": NOISE_FREE,
+        "moderate": DegradationConfig(dose=(100.0, 100.0), pc_jitter=pc_jitter),
+        "detector_like": DegradationConfig(
+            dose=(50.0, 300.0), blur=(0.5, 1.5), falloff=(0.6, 1.0), pc_jitter=pc_jitter
+        ),
+    }
     sets = {}
-    for name, degradation in (("noise_free", NOISE_FREE), ("moderate", moderate)):
+    for name, degradation in conditions.items():
         stream = PatternStream(mp, geometry, batch_size=n, degradation=degradation, seed=seed)
         sets[name] = stream.batch(0)
     return sets
@@ -187,7 +199,11 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     geometry = DetectorGeometry(shape=tuple(cfg.shape), pc=tuple(cfg.pc))
     preprocessing = PreprocessConfig()
     degradation = DegradationConfig(
-        dose=tuple(cfg.dose), pc_jitter=cfg.pc_jitter, clean_fraction=cfg.clean_fraction
+        dose=tuple(cfg.dose),
+        blur=tuple(cfg.blur),
+        falloff=None if cfg.falloff is None else tuple(cfg.falloff),
+        pc_jitter=cfg.pc_jitter,
+        clean_fraction=cfg.clean_fraction,
     )
     if cfg.dictionary:
         data = DictionaryBatches(

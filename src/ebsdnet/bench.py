@@ -1,0 +1,404 @@
+"""``ebsdnet bench``: ebsdnet beside kikuchipy dictionary indexing and PyEBSDIndex Hough.
+
+Every method indexes the same patterns in the same process, one after the
+other, and is scored against the known truth by the symmetry-reduced
+disorientation. Test maps are simulated Ni polycrystals (Voronoi grains with
+small orientation gradients) on a fixed detector background, saved as real
+h5ebsd files and loaded back, under several conditions; the nine real Ni
+patterns shipped with kikuchipy are scored against their stored reference
+orientations.
+
+Methods:
+
+- ``ebsdnet CNN``: :func:`ebsdnet.index` with ``refine=False``;
+- ``ebsdnet CNN + refinement``: :func:`ebsdnet.index` (the default);
+- ``kikuchipy DI <r>°``: :meth:`EBSD.dictionary_indexing` against a dictionary
+  simulated at resolution ``r`` with kikuchipy (build time reported apart);
+- ``kikuchipy DI <r>° + refinement``: its :meth:`EBSD.refine_orientation`
+  (Nelder–Mead) from the dictionary answer;
+- ``CNN + kikuchipy refinement``: the same kikuchipy refinement started from
+  the ebsdnet CNN's answers;
+- ``PyEBSDIndex Hough``: :meth:`EBSD.hough_indexing` (numba warmed up first).
+
+Timings are wall time of the indexing step per pattern, including each
+method's own pattern conditioning (kikuchipy: static and dynamic background
+removal; ebsdnet: :func:`~ebsdnet.preprocess.preprocess`) and, for ebsdnet,
+loading the model. Peak memory is the highest resident-set size above the
+level before the step, sampled every 10 ms. Patterns a method leaves not
+indexed count with the orientation it reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ebsdnet.metrics import error_summary
+from ebsdnet.report import machine, write_section
+from ebsdnet.rotations import disorientation_deg
+
+__all__ = ["CONDITIONS", "Condition", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+ENERGY_KV = 20.0  # kikuchipy's shipped Ni master pattern
+TRUST_REGION_DEG = (2.0, 2.0, 2.0)  # kikuchipy refinement's Euler-angle bounds
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test map: a dose (``None``: noise-free) and the PC's offset from the model's nominal."""
+
+    name: str
+    dose: float | None
+    pc_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    real: bool = False
+
+
+CONDITIONS = (
+    Condition("noise-free", None),
+    Condition("moderate noise (dose 100)", 100.0),
+    Condition("PC off nominal by 0.02 (dose 100)", 100.0, (0.02, -0.02, 0.02)),
+    Condition("low dose (30)", 30.0),
+    Condition("very low dose (15)", 15.0),
+    Condition("9 real Ni patterns (kikuchipy)", None, real=True),
+)
+
+
+@dataclass
+class Result:
+    condition: str
+    method: str
+    n: int
+    seconds: float
+    peak_mb: float
+    errors: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.n / max(self.seconds, 1e-9)
+
+
+class PeakMemory:
+    """Highest resident-set size above the starting level while the block runs (MB)."""
+
+    def __enter__(self) -> PeakMemory:
+        import psutil
+
+        self._process = psutil.Process()
+        self._base = self._process.memory_info().rss
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.01):
+            rss = self._process.memory_info().rss
+            self.peak_mb = max(self.peak_mb, (rss - self._base) / 2**20)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _timed(fn):
+    """Run ``fn()``; return its value, seconds and peak memory (MB)."""
+    with PeakMemory() as memory:
+        t0 = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - t0
+    return value, seconds, memory.peak_mb
+
+
+def _kikuchipy_conditioned(signal):
+    """kikuchipy's usual conditioning: static, then dynamic background removal."""
+    s = signal.deepcopy()
+    s.change_dtype("float32")
+    if s.static_background is not None:
+        s.remove_static_background(show_progressbar=False)
+    s.remove_dynamic_background(show_progressbar=False)
+    return s
+
+
+def _test_maps(conditions, size: int, model_pc: tuple[float, float, float], mp, workdir: Path):
+    """Yield ``(condition, signal loaded from an h5ebsd file, truth quaternions)``."""
+    import kikuchipy as kp
+
+    from ebsdnet.projector import DetectorGeometry
+    from ebsdnet.synthetic import simulate_map
+
+    grains = max(1, size * size // 80)
+    for i, condition in enumerate(conditions):
+        if condition.real:
+            signal = kp.data.nickel_ebsd_small()
+        else:
+            pc = tuple(float(p + o) for p, o in zip(model_pc, condition.pc_offset, strict=True))
+            generated = simulate_map(
+                (size, size), n_grains=grains, geometry=DetectorGeometry(pc=pc),
+                dose=condition.dose, seed=100 + i, master_pattern=mp,
+            )  # fmt: skip
+            path = workdir / f"map{i}.h5"
+            generated.save(path)
+            signal = kp.load(path)
+            signal.xmap = generated.xmap
+        yield condition, signal, torch.tensor(signal.xmap.rotations.data)
+
+
+def _all_indexed(xmap, phase_list):
+    """The map's best rotation per point, every point in phase 0 (a start for refinement)."""
+    from orix.crystal_map import CrystalMap
+    from orix.quaternion import Rotation
+
+    best = np.asarray(xmap.rotations.data).reshape(xmap.size, -1, 4)[:, 0]
+    return CrystalMap(
+        rotations=Rotation(best),
+        phase_id=np.zeros(xmap.size, dtype=int),
+        x=xmap.x,
+        y=xmap.y,
+        phase_list=phase_list,
+    )
+
+
+def _quiet(fn):
+    """Run a kikuchipy/PyEBSDIndex call without its console output."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn()
+
+
+class _Bench:
+    """State shared across conditions: model, master patterns, dictionaries, results."""
+
+    def __init__(self, model: str, resolutions: tuple[float, ...]) -> None:
+        import kikuchipy as kp
+        from orix.crystal_map import PhaseList
+
+        from ebsdnet.cards import load_model
+        from ebsdnet.projector import DetectorGeometry, MasterPattern
+
+        self.model = model
+        _, card = load_model(model)
+        self.point_group = card["point_group"]
+        self.nominal = DetectorGeometry(shape=tuple(card["shape"]), pc=tuple(card["pc_nominal"]))
+        self.mp = MasterPattern.nickel()
+        self.kp_mp = kp.data.nickel_ebsd_master_pattern_small(
+            projection="lambert", hemisphere="both"
+        )
+        self.phase_list = PhaseList(self.kp_mp.phase)
+        self.resolutions = resolutions
+        self.dictionaries: dict[tuple, object] = {}
+        self.build_seconds: dict[str, float] = {}
+        self.results: list[Result] = []
+        self.hough_warmed = False
+
+    def score(self, condition, truth, method: str, xmap, seconds: float, peak: float) -> None:
+        q = np.asarray(xmap.rotations.data).reshape(xmap.size, -1, 4)[:, 0]
+        err = disorientation_deg(torch.from_numpy(q), truth, self.point_group)
+        self.results.append(
+            Result(condition.name, method, int(xmap.size), seconds, peak, error_summary(err))
+        )
+        log.info("  %-34s %8.3f° mean %9.1f patterns/s", method, err.mean(), xmap.size / seconds)
+
+    def dictionary(self, detector, resolution: float):
+        """kikuchipy dictionary at ``resolution`` for ``detector``'s (mean) PC, cached."""
+        from orix.sampling import get_sample_fundamental
+
+        key = (resolution, tuple(np.round(detector.pc_average, 4)))
+        if key not in self.dictionaries:
+            # One dictionary per PC: drop those made for another map's PC.
+            self.dictionaries = {k: v for k, v in self.dictionaries.items() if k[1] == key[1]}
+            t0 = time.perf_counter()
+            rotations = get_sample_fundamental(
+                resolution, point_group=self.kp_mp.phase.point_group
+            )
+            self.dictionaries[key] = self.kp_mp.get_patterns(
+                rotations, detector, energy=ENERGY_KV, compute=True, show_progressbar=False
+            )
+            pc = ", ".join(f"{v:.3f}" for v in key[1])
+            label = f"{resolution}° ({rotations.size:,} patterns, PC {pc})"
+            self.build_seconds[label] = time.perf_counter() - t0
+        return self.dictionaries[key]
+
+    def run_condition(self, condition: Condition, signal, truth) -> None:
+        from ebsdnet.indexing import index
+
+        def ours(refine: bool):
+            return index(
+                signal, model=self.model, master_pattern=self.mp, refine=refine,
+                show_progressbar=False,
+            )  # fmt: skip
+
+        ours(False)  # warm-up: first-call costs of torch
+        cnn, cnn_seconds, peak = _timed(lambda: ours(False))
+        self.score(condition, truth, "ebsdnet CNN", cnn, cnn_seconds, peak)
+        xmap, seconds, peak = _timed(lambda: ours(True))
+        self.score(condition, truth, "ebsdnet CNN + refinement", xmap, seconds, peak)
+
+        detector = signal.detector
+        single_pc = detector.deepcopy()
+        single_pc.pc = detector.pc_average
+
+        def hough():
+            indexer = single_pc.get_indexer(self.phase_list)
+            conditioned = _kikuchipy_conditioned(signal)
+            return _quiet(lambda: conditioned.hough_indexing(self.phase_list, indexer, verbose=0))
+
+        if not self.hough_warmed:
+            hough()  # numba compiles on the first call
+            self.hough_warmed = True
+        xmap, seconds, peak = _timed(hough)
+        self.score(condition, truth, "PyEBSDIndex Hough", xmap, seconds, peak)
+
+        def kikuchipy_refined(start):
+            conditioned = _kikuchipy_conditioned(signal)
+            return _quiet(
+                lambda: conditioned.refine_orientation(
+                    _all_indexed(start, self.phase_list), detector, self.kp_mp,
+                    energy=ENERGY_KV, trust_region=list(TRUST_REGION_DEG), compute=True,
+                )
+            )  # fmt: skip
+
+        for resolution in self.resolutions:
+            dictionary = self.dictionary(single_pc, resolution)
+
+            def di(dictionary=dictionary):
+                conditioned = _kikuchipy_conditioned(signal)
+                return _quiet(lambda: conditioned.dictionary_indexing(dictionary, keep_n=1))
+
+            found, seconds, peak = _timed(di)
+            self.score(condition, truth, f"kikuchipy DI {resolution}°", found, seconds, peak)
+            xmap, more, peak_ref = _timed(lambda found=found: kikuchipy_refined(found))
+            self.score(
+                condition, truth, f"kikuchipy DI {resolution}° + refinement", xmap,
+                seconds + more, max(peak, peak_ref),
+            )  # fmt: skip
+        xmap, seconds, peak = _timed(lambda: kikuchipy_refined(cnn))
+        self.score(
+            condition, truth, "CNN + kikuchipy refinement", xmap, cnn_seconds + seconds, peak
+        )
+
+
+def run_bench(
+    out: Path,
+    quick: bool = False,
+    model: str = "ni-60",
+    benchmarks_md: Path | None = None,
+    conditions: tuple[Condition, ...] = CONDITIONS,
+    map_size: int | None = None,
+    resolutions: tuple[float, ...] | None = None,
+) -> dict:
+    """Run every method on every condition; write JSON, Markdown and a plot into ``out``.
+
+    ``quick``: 16×16 maps and the 2° dictionary; otherwise 50×50 maps and
+    dictionaries at 2° and 1.4°. ``map_size`` and ``resolutions`` override these.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    size = map_size or (16 if quick else 50)
+    resolutions = resolutions or ((2.0,) if quick else (2.0, 1.4))
+    bench = _Bench(model, resolutions)
+    workdir = Path(tempfile.mkdtemp(prefix="ebsdnet-bench-"))
+    try:
+        maps = _test_maps(conditions, size, bench.nominal.pc, bench.mp, workdir)
+        for condition, signal, truth in maps:
+            log.info("%s: %d patterns", condition.name, signal.axes_manager.navigation_size)
+            bench.run_condition(condition, signal, truth)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results = bench.results
+    report = {
+        "machine": machine(),
+        "quick": quick,
+        "model": model,
+        "conditions": [asdict(c) for c in conditions],
+        "dictionary_build_s": bench.build_seconds,
+        "results": [{**asdict(r), "patterns_per_s": r.rate} for r in results],
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = _markdown(report, results, conditions)
+    (out / "bench.md").write_text(markdown + "\n")
+    _plot(results, conditions, out / "error_vs_dose.png")
+    if benchmarks_md is not None:
+        write_section("bench", markdown, benchmarks_md)
+    return report
+
+
+def _markdown(report: dict, results: list[Result], conditions) -> str:
+    mode = "--quick" if report["quick"] else "full"
+    lines = [
+        f"## `ebsdnet bench` ({mode}): ebsdnet beside kikuchipy DI and PyEBSDIndex Hough",
+        "",
+        f"Measured by `ebsdnet bench{' --quick' if report['quick'] else ''}` on: "
+        f"{report['machine']}. Model `{report['model']}`.",
+        "All methods index the same patterns in the same run; errors are symmetry-reduced "
+        "disorientations from the truth (degrees); patterns/s is the wall time of the indexing "
+        "step including each method's own background removal; memory is the peak resident "
+        "set above the level before the step. Dictionary simulation is timed apart: "
+        + ", ".join(f"{k}: {v:.0f} s" for k, v in report["dictionary_build_s"].items())
+        + ".",
+        "",
+        "![error vs dose](docs/figures/bench_error_vs_dose.png)",
+    ]
+    for condition in conditions:
+        rows = [r for r in results if r.condition == condition.name]
+        if not rows:
+            continue
+        hough = next((r.rate for r in rows if r.method == "PyEBSDIndex Hough"), float("nan"))
+        di_row = next(
+            (r for r in rows if r.method.startswith("kikuchipy DI") and "+" not in r.method), None
+        )
+        di = di_row.rate if di_row else float("nan")
+        di_name = di_row.method.removeprefix("kikuchipy ") if di_row else "DI"
+        lines += [
+            "",
+            f"### {condition.name} ({rows[0].n:,} patterns)",
+            "",
+            "| method | mean | median | p90 | > 3° | > 10° | patterns/s | × Hough "
+            f"| × {di_name} | peak MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            e = r.errors
+            lines.append(
+                f"| {r.method} | {e['mean']:.3f}° | {e['median']:.3f}° | {e['p90']:.3f}° | "
+                f"{100 * e['share_above_3']:.1f}% | {100 * e['share_above_10']:.1f}% | "
+                f"{r.rate:,.0f} | {r.rate / hough:.2f} | {r.rate / di:.2f} | {r.peak_mb:,.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def _plot(results: list[Result], conditions, path: Path) -> None:
+    """Mean error against dose (nominal PC) per method, log scale."""
+    from ebsdnet.plots import pyplot
+
+    plt = pyplot()
+    series = [c for c in conditions if not c.real and c.pc_offset == (0.0, 0.0, 0.0)]
+    series.sort(key=lambda c: float("inf") if c.dose is None else c.dose)
+    labels = ["noise-free" if c.dose is None else f"{c.dose:g}" for c in series]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    methods = list(dict.fromkeys(r.method for r in results))
+    for method in methods:
+        means = []
+        for c in series:
+            hit = [r for r in results if r.method == method and r.condition == c.name]
+            means.append(hit[0].errors["mean"] if hit else np.nan)
+        ax.plot(labels, means, marker="o", label=method)
+    ax.set_yscale("log")
+    ax.set_xlabel("dose (counts per pixel)")
+    ax.set_ylabel("mean disorientation (°)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
