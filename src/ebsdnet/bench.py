@@ -301,11 +301,11 @@ def run_bench(
 ) -> dict:
     """Run every method on every condition; write JSON, Markdown and a plot into ``out``.
 
-    ``quick``: 16×16 maps and the 2° dictionary; otherwise 50×50 maps and
+    ``quick``: 16×16 maps and the 2° dictionary; otherwise 40×40 maps and
     dictionaries at 2° and 1.4°. ``map_size`` and ``resolutions`` override these.
     """
     out.mkdir(parents=True, exist_ok=True)
-    size = map_size or (16 if quick else 50)
+    size = map_size or (16 if quick else 40)
     resolutions = resolutions or ((2.0,) if quick else (2.0, 1.4))
     bench = _Bench(model, resolutions)
     workdir = Path(tempfile.mkdtemp(prefix="ebsdnet-bench-"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,12 +37,16 @@ def _add_geometry(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_pc(pc) -> None:
+    pcx, pcy, pcz = pc
+    if not (0 <= pcx <= 1 and 0 <= pcy <= 1 and pcz > 0):
+        raise UserError(f"pattern centre {tuple(pc)} is outside 0 ≤ x, y ≤ 1, z > 0")
+
+
 def _geometry(args):
     from ebsdnet.projector import DetectorGeometry
 
-    pcx, pcy, pcz = args.pc
-    if not (0 <= pcx <= 1 and 0 <= pcy <= 1 and pcz > 0):
-        raise UserError(f"pattern centre {tuple(args.pc)} is outside 0 ≤ x, y ≤ 1, z > 0")
+    _check_pc(args.pc)
     if min(args.shape) < 2:
         raise UserError(f"pattern shape {tuple(args.shape)} is too small")
     return DetectorGeometry(
@@ -71,6 +76,8 @@ def _check_output(path: Path, force: bool) -> None:
         raise UserError(f"{path} exists; pass --force to overwrite")
     if not path.parent.exists():
         raise UserError(f"output folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"output folder {path.parent} is not writable")
 
 
 def cmd_simulate(args) -> None:
@@ -195,7 +202,7 @@ def cmd_index(args) -> None:
     if args.no_refine and args.refine_pc:
         raise UserError("--refine-pc needs refinement: drop --no-refine")
     if args.pc is not None:
-        _geometry(args)  # validates the PC
+        _check_pc(args.pc)
     import kikuchipy as kp
 
     try:
@@ -216,6 +223,8 @@ def cmd_index(args) -> None:
         save_map(xmap, out)
     except (IndexingError, ModelFileError) as exc:
         raise UserError(str(exc)) from exc
+    except OSError as exc:  # disk full, permissions changed mid-run
+        raise UserError(f"cannot write {out}: {exc}") from exc
     print(f"indexed {xmap.size:,} patterns: wrote {out}")
     if args.ipf:
         print(f"wrote {write_ipf_map(xmap, args.ipf)}")

@@ -43,16 +43,57 @@ class IndexingError(ValueError):
     """The patterns cannot be indexed with this model as given (shape, PC, phase)."""
 
 
+_KIKUCHIPY_DEFAULT_PC = (0.5, 0.5, 0.5)
+
+
 def _pattern_centres(detector, n: int, pc: tuple[float, float, float] | None) -> np.ndarray:
-    """One Bruker PC per pattern ``(n, 3)``: the given one, else the detector's."""
+    """One Bruker PC per pattern ``(n, 3)``: the given one, else the detector's.
+
+    Raises
+    ------
+    IndexingError
+        The file has no PC (kikuchipy then reports its default, exactly
+        (0.5, 0.5, 0.5)) and none is given; or a PC lies outside the physical
+        range 0 ≤ x, y ≤ 1, z > 0.
+    """
     if pc is not None:
-        return np.tile(np.asarray(pc, dtype=np.float64), (n, 1))
-    pcs = np.asarray(detector.pc, dtype=np.float64).reshape(-1, 3)
-    if len(pcs) == 1:
-        return np.tile(pcs, (n, 1))
-    if len(pcs) != n:
-        raise IndexingError(f"the detector has {len(pcs)} pattern centres for {n} patterns")
+        pcs = np.tile(np.asarray(pc, dtype=np.float64), (n, 1))
+    else:
+        pcs = np.asarray(detector.pc, dtype=np.float64).reshape(-1, 3)
+        if np.all(pcs == _KIKUCHIPY_DEFAULT_PC):
+            raise IndexingError(
+                "the file holds no pattern centre (kikuchipy's default 0.5, 0.5, 0.5); "
+                "give one with --pc X Y Z"
+            )
+        if len(pcs) == 1:
+            pcs = np.tile(pcs, (n, 1))
+        elif len(pcs) != n:
+            raise IndexingError(f"the detector has {len(pcs)} pattern centres for {n} patterns")
+    x, y, z = pcs.T
+    physical = np.isfinite(pcs).all(1) & (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1) & (z > 0)
+    if not physical.all():
+        bad = pcs[~physical][0]
+        raise IndexingError(
+            f"pattern centre ({bad[0]:g}, {bad[1]:g}, {bad[2]:g}) is outside the physical "
+            "range 0 ≤ x, y ≤ 1, z > 0"
+        )
     return pcs
+
+
+def _check_phase(signal, point_group: str) -> None:
+    """Refuse a file whose stored phase has another point group than the model's."""
+    from ebsdnet.rotations import orix_point_group
+
+    xmap = getattr(signal, "xmap", None)
+    if xmap is None:
+        return
+    model_group = orix_point_group(point_group).laue.name
+    for _, phase in xmap.phases_in_data:
+        if phase.point_group is not None and phase.point_group.laue.name != model_group:
+            raise IndexingError(
+                f"the file's phase {phase.name!r} has point group {phase.point_group.name}, "
+                f"the model's is {point_group}: use a model trained for this phase"
+            )
 
 
 def _check_pc_range(pcs: np.ndarray, card: dict) -> None:
@@ -197,7 +238,9 @@ def index(
     Raises
     ------
     IndexingError
-        Pattern shape not a whole multiple of the model's; wrong master pattern.
+        Pattern shape not a whole multiple of the model's; wrong master pattern;
+        no or an unphysical pattern centre; a file phase the model was not
+        trained for; no patterns.
     """
     from orix.crystal_map import CrystalMap, Phase, PhaseList
     from orix.quaternion import Rotation
@@ -230,6 +273,7 @@ def index(
     detector = signal.detector
     pcs = _pattern_centres(detector, n, pc)
     _check_pc_range(pcs, card)
+    _check_phase(signal, card["point_group"])
     geometry = DetectorGeometry(
         shape=model_shape,
         pc=tuple(pcs[0]),
@@ -252,9 +296,12 @@ def index(
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             block = data[start:stop]
-            raw = torch.from_numpy(
-                np.asarray(block.compute() if hasattr(block, "compute") else block)
-            )
+            try:
+                raw = torch.from_numpy(
+                    np.asarray(block.compute() if hasattr(block, "compute") else block)
+                )
+            except OSError as exc:  # h5py and the binary readers on damaged files
+                raise IndexingError(f"cannot read patterns {start}–{stop - 1}: {exc}") from exc
             raw = raw.float()
             # NaN/inf, constant or saturated patterns carry no orientation: mark them
             # not indexed, and zero them so that they cannot disturb the batch.

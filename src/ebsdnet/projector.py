@@ -226,9 +226,12 @@ class Projector(torch.nn.Module):
     def detector_directions(self, pc: Tensor | None = None) -> Tensor:
         """Unit vectors from the source to each pixel, sample frame.
 
-        ``pc`` is ``(3,)`` or ``(B, 3)`` (Bruker); returns ``(P, 3)`` or ``(B, P, 3)``.
+        ``pc`` is ``(3,)`` or ``(B, 3)`` (Bruker); returns ``(P, 3)``, or ``(B, P, 3)``
+        when the batch's pattern centres differ.
         """
         pc = self.default_pc if pc is None else pc.to(self.u)
+        if pc.ndim == 2 and not pc.requires_grad and bool((pc == pc[:1]).all()):
+            pc = pc[0]  # one PC for the batch: one set of directions, broadcast
         rows, cols = self.geometry.shape
         aspect = cols / rows
         pcx, pcy, pcz = pc[..., 0:1], pc[..., 1:2], pc[..., 2:3]

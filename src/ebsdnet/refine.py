@@ -184,10 +184,13 @@ def refine_orientations(
         ncc_start = (unit_patterns(highpass(projector(q, pcs))) * t_full).sum(1)
         iterations = torch.zeros(b, dtype=torch.long, device=device)
         eye = torch.eye(n_params, device=device)
+        current_factor = None
         for level, (factor, sigma) in enumerate(levels):
             proj = projector.binned(factor)
             t_level = level_target(factor, sigma)
-            y, jac = simulate(proj, q, pcs)
+            if factor != current_factor:  # same binning: the last level's projections serve
+                y, jac = simulate(proj, q, pcs)
+                current_factor = factor
             u, ju = _unit_with_jacobian(y, jac, sigma)
             ncc = (u * t_level).sum(1)
             damping = torch.full((b,), 1e-3, device=device)
@@ -210,6 +213,7 @@ def refine_orientations(
                 better = ncc_new > ncc[idx]
                 kept = idx[better]
                 q[kept], pcs[kept] = q_new[better], pc_new[better]
+                y[kept], jac[kept] = y_new[better], jac_new[better]
                 u[kept], ju[kept], ncc[kept] = u_new[better], ju_new[better], ncc_new[better]
                 damping[idx] = torch.where(better, damping[idx] / 4, damping[idx] * 8)
                 iterations[idx] += 1

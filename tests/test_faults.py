@@ -1,0 +1,118 @@
+"""Bad input and faults: one-line errors (exit 2), no output, nothing half-written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ebsdnet.cli import main
+from ebsdnet.indexing import IndexingError, index
+from ebsdnet.synthetic import simulate_map
+
+
+@pytest.fixture(scope="module")
+def good_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "map.h5"
+    simulate_map((2, 3), n_grains=2, dose=300.0, seed=5).save(path)
+    return path
+
+
+def _index_cli(src, out, *extra) -> int:
+    return main(["-q", "index", str(src), "-o", str(out), *extra])
+
+
+def _save_with_detector(path, **detector):
+    import kikuchipy as kp
+
+    data = simulate_map((2, 2), n_grains=1).data
+    kp.signals.EBSD(data, detector=kp.detectors.EBSDDetector(shape=(60, 60), **detector)).save(
+        path
+    )
+    return path
+
+
+def test_a_file_without_pattern_centre_needs_pc(tmp_path, capsys):
+    src = _save_with_detector(tmp_path / "nopc.h5")  # kikuchipy's default PC
+    assert _index_cli(src, tmp_path / "a.ang") == 2
+    assert "no pattern centre" in capsys.readouterr().err
+    assert not (tmp_path / "a.ang").exists()
+    assert _index_cli(src, tmp_path / "a.ang", "--pc", "0.425", "0.213", "0.501") == 0
+
+
+def test_an_unphysical_pattern_centre_in_the_file_is_refused(tmp_path, capsys):
+    src = _save_with_detector(tmp_path / "badpc.h5", pc=(0.4, 1.6, 0.5))
+    assert _index_cli(src, tmp_path / "a.ang") == 2
+    assert "outside the physical range" in capsys.readouterr().err
+    assert not (tmp_path / "a.ang").exists()
+
+
+def test_a_file_of_another_phase_is_refused():
+    from orix.crystal_map import CrystalMap, Phase, PhaseList
+    from orix.quaternion import Rotation
+
+    signal = simulate_map((2, 2), n_grains=1)
+    signal.xmap = CrystalMap(
+        rotations=Rotation.identity(4),
+        x=np.arange(4.0) % 2,
+        y=np.arange(4.0) // 2,
+        phase_list=PhaseList(Phase("ti", point_group="6/mmm")),
+    )
+    with pytest.raises(IndexingError, match="point group 6/mmm"):
+        index(signal, show_progressbar=False)
+
+
+def test_an_unwritable_output_folder_is_refused(good_file, tmp_path, monkeypatch, capsys):
+    import ebsdnet.cli
+
+    monkeypatch.setattr(ebsdnet.cli.os, "access", lambda *_: False)
+    assert _index_cli(good_file, tmp_path / "a.ang") == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_a_truncated_file_fails_cleanly(good_file, tmp_path):
+    data = good_file.read_bytes()
+    src = tmp_path / "cut.h5"
+    src.write_bytes(data[: len(data) // 2])
+    cmd = [sys.executable, "-m", "ebsdnet.cli", "-q", "index", str(src)]
+    proc = subprocess.run([*cmd, "-o", str(tmp_path / "a.ang")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.ang"))
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), min_size=1, max_size=40))
+def test_mutated_files_give_a_map_or_the_clear_error(good_file, tmp_path, flips):
+    data = bytearray(good_file.read_bytes())
+    for where, value in flips:
+        data[int(where * (len(data) - 1))] = value
+    src = tmp_path / "mutated.h5"
+    out = tmp_path / "mutated.ang"
+    src.write_bytes(bytes(data))
+    out.unlink(missing_ok=True)
+    code = _index_cli(src, out, "--no-refine")
+    assert code in (0, 2)
+    assert out.exists() == (code == 0)
+
+
+def test_a_killed_run_leaves_no_map(tmp_path):
+    src = tmp_path / "big.h5"
+    simulate_map((60, 60), n_grains=12, dose=100.0, seed=6).save(src)
+    out = tmp_path / "big.ang"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebsdnet.cli", "-q", "index", str(src), "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(5)  # start-up and part of the indexing
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
