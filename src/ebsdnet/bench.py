@@ -326,15 +326,19 @@ def run_bench(
         "results": [{**asdict(r), "patterns_per_s": r.rate} for r in results],
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = _markdown(report, results, conditions)
-    (out / "bench.md").write_text(markdown + "\n")
     _plot(results, conditions, out / "error_vs_dose.png")
+    (out / "bench.md").write_text(_markdown(report, results, conditions, "error_vs_dose.png"))
     if benchmarks_md is not None:
-        write_section("bench", markdown, benchmarks_md)
+        # BENCHMARKS.md shows the plot from docs/figures beside it.
+        figure = Path(benchmarks_md).parent / "docs" / "figures" / "bench_error_vs_dose.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "error_vs_dose.png", figure)
+        link = "docs/figures/bench_error_vs_dose.png"
+        write_section("bench", _markdown(report, results, conditions, link), benchmarks_md)
     return report
 
 
-def _markdown(report: dict, results: list[Result], conditions) -> str:
+def _markdown(report: dict, results: list[Result], conditions, figure: str) -> str:
     mode = "--quick" if report["quick"] else "full"
     lines = [
         f"## `ebsdnet bench` ({mode}): ebsdnet beside kikuchipy DI and PyEBSDIndex Hough",
@@ -348,7 +352,7 @@ def _markdown(report: dict, results: list[Result], conditions) -> str:
         + ", ".join(f"{k}: {v:.0f} s" for k, v in report["dictionary_build_s"].items())
         + ".",
         "",
-        "![error vs dose](docs/figures/bench_error_vs_dose.png)",
+        f"![mean error against dose, per method]({figure})",
     ]
     for condition in conditions:
         rows = [r for r in results if r.condition == condition.name]
@@ -375,7 +379,7 @@ def _markdown(report: dict, results: list[Result], conditions) -> str:
                 f"{100 * e['share_above_3']:.1f}% | {100 * e['share_above_10']:.1f}% | "
                 f"{r.rate:,.0f} | {r.rate / hough:.2f} | {r.rate / di:.2f} | {r.peak_mb:,.0f} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _plot(results: list[Result], conditions, path: Path) -> None:
