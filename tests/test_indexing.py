@@ -164,3 +164,18 @@ def test_pattern_centre_refinement_adds_pc_columns(sim_map, tmp_path):
         ["-q", "index", "x.h5", "-o", str(tmp_path / "a.ang"), "--no-refine", "--refine-pc"]
     )
     assert code == 2
+
+
+def test_the_inference_copy_of_a_model_gives_its_answers():
+    from ebsdnet.cards import load_model
+    from ebsdnet.models import for_inference
+
+    net, _ = load_model(MODEL)
+    fast = for_inference(net)
+    x = torch.randn(16, 60, 60, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = net(x), fast(x)
+    assert torch.allclose(a["sixd"], b["sixd"], atol=1e-3)
+    assert torch.equal(a["logits"].argmax(-1), b["logits"].argmax(-1))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original intact
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())

@@ -58,18 +58,24 @@ TRUST_REGION_DEG = (2.0, 2.0, 2.0)  # kikuchipy refinement's Euler-angle bounds
 
 @dataclass(frozen=True)
 class Condition:
-    """One test map: a dose (``None``: noise-free) and the PC's offset from the model's nominal."""
+    """One test map: a dose (``None``: noise-free) and the PC's offset from the model's nominal.
+
+    ``stated_pc_error`` is added to the PC written into the file (a roughly known PC);
+    such maps also get the row ``ebsdnet … + PC refinement`` (``--refine-pc``).
+    """
 
     name: str
     dose: float | None
     pc_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
     real: bool = False
+    stated_pc_error: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 CONDITIONS = (
     Condition("noise-free", None),
     Condition("moderate noise (dose 100)", 100.0),
     Condition("PC off nominal by 0.02 (dose 100)", 100.0, (0.02, -0.02, 0.02)),
+    Condition("stated PC wrong by 0.01 (dose 100)", 100.0, stated_pc_error=(0.01, -0.01, 0.01)),
     Condition("low dose (30)", 30.0),
     Condition("very low dose (15)", 15.0),
     Condition("9 real Ni patterns (kikuchipy)", None, real=True),
@@ -145,10 +151,11 @@ def _test_maps(conditions, size: int, model_pc: tuple[float, float, float], mp, 
         if condition.real:
             signal = kp.data.nickel_ebsd_small()
         else:
-            pc = tuple(float(p + o) for p, o in zip(model_pc, condition.pc_offset, strict=True))
+            pc = np.add(model_pc, condition.pc_offset)
+            stated = pc + np.asarray(condition.stated_pc_error)
             generated = simulate_map(
-                (size, size), n_grains=grains, geometry=DetectorGeometry(pc=pc),
-                dose=condition.dose, seed=100 + i, master_pattern=mp,
+                (size, size), n_grains=grains, geometry=DetectorGeometry(pc=tuple(pc)),
+                dose=condition.dose, seed=100 + i, master_pattern=mp, file_pc=stated,
             )  # fmt: skip
             path = workdir / f"map{i}.h5"
             generated.save(path)
@@ -234,10 +241,10 @@ class _Bench:
     def run_condition(self, condition: Condition, signal, truth) -> None:
         from ebsdnet.indexing import index
 
-        def ours(refine: bool):
+        def ours(refine: bool, refine_pc: bool = False):
             return index(
                 signal, model=self.model, master_pattern=self.mp, refine=refine,
-                show_progressbar=False,
+                refine_pc=refine_pc, show_progressbar=False,
             )  # fmt: skip
 
         ours(False)  # warm-up: first-call costs of torch
@@ -245,6 +252,11 @@ class _Bench:
         self.score(condition, truth, "ebsdnet CNN", cnn, cnn_seconds, peak)
         xmap, seconds, peak = _timed(lambda: ours(True))
         self.score(condition, truth, "ebsdnet CNN + refinement", xmap, seconds, peak)
+        if any(condition.stated_pc_error):
+            xmap, seconds, peak = _timed(lambda: ours(True, refine_pc=True))
+            self.score(
+                condition, truth, "ebsdnet CNN + refinement + PC refinement", xmap, seconds, peak
+            )
 
         detector = signal.detector
         single_pc = detector.deepcopy()
@@ -387,7 +399,7 @@ def _plot(results: list[Result], conditions, path: Path) -> None:
     from ebsdnet.plots import pyplot
 
     plt = pyplot()
-    series = [c for c in conditions if not c.real and c.pc_offset == (0.0, 0.0, 0.0)]
+    series = [c for c in conditions if not (c.real or any(c.pc_offset) or any(c.stated_pc_error))]
     series.sort(key=lambda c: float("inf") if c.dose is None else c.dose)
     labels = ["noise-free" if c.dose is None else f"{c.dose:g}" for c in series]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ebsdnet.cards import load_model
 from ebsdnet.metrics import normalised_cross_correlation
+from ebsdnet.models import for_inference
 from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 from ebsdnet.refine import refine_orientations
@@ -250,6 +251,7 @@ def index(
 
     dev = pick_device(device)
     net, card = load_model(model, device=dev)
+    net = for_inference(net)
     model_shape = tuple(card["shape"])
     if master_pattern is None:
         master_pattern = MasterPattern.nickel()

