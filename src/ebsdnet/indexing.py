@@ -38,6 +38,8 @@ MIN_NCC = 0.1
 FALLBACK_NCC = 0.2
 FALLBACK_RESOLUTION_DEG = 3.0
 FALLBACK_CANDIDATES = 4
+#: Patterns (spread over the map) that fit the map's pattern-centre correction.
+PC_CALIBRATION_PATTERNS = 256
 
 
 class IndexingError(ValueError):
@@ -139,7 +141,7 @@ def _fallback_dictionary(projector: Projector, pc: Tensor, config: PreprocessCon
     key = (projector.master_pattern.sha256, geometry, config, FALLBACK_RESOLUTION_DEG)
     if key not in _FALLBACK_DICTIONARIES:
         log.info("building the %g° fallback dictionary", FALLBACK_RESOLUTION_DEG)
-        _FALLBACK_DICTIONARIES.clear()  # keep one: each holds ~100 MB
+        _FALLBACK_DICTIONARIES.clear()  # keep one: each holds ~220 MB
         _FALLBACK_DICTIONARIES[key] = build_dictionary(
             FALLBACK_RESOLUTION_DEG, projector.master_pattern, geometry, config
         )
@@ -154,9 +156,13 @@ def _refine(
     config: PreprocessConfig,
     refine_pc: bool,
     fallback_ncc: float | None,
+    iterations: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Refine the CNN's candidates; where the NCC stays low, refine dictionary candidates too."""
-    result = refine_orientations(patterns, candidates, projector, pcs, config, refine_pc=refine_pc)
+    result = refine_orientations(
+        patterns, candidates, projector, pcs, config, refine_pc=refine_pc,
+        max_iterations=iterations,
+    )  # fmt: skip
     q, pcs, ncc = result.quaternions, result.pcs, result.ncc
     if fallback_ncc is None:
         return q, pcs, ncc
@@ -168,14 +174,41 @@ def _refine(
     # Noise can reorder a coarse dictionary's best entries: refine each of them.
     for start in starts.to(q.device).unbind(1):
         second = refine_orientations(
-            patterns[low], start, projector, pcs[low], config, refine_pc=refine_pc
-        )
+            patterns[low], start, projector, pcs[low], config, refine_pc=refine_pc,
+            max_iterations=iterations,
+        )  # fmt: skip
         better = second.ncc > ncc[low]
         kept = low[better]
         q[kept], pcs[kept], ncc[kept] = (
             second.quaternions[better], second.pcs[better], second.ncc[better]
         )  # fmt: skip
     return q, pcs, ncc
+
+
+def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
+    """The stated pattern centres plus one correction fitted on a spread subset of the map.
+
+    Orientation and PC are refined together on up to ``PC_CALIBRATION_PATTERNS``
+    patterns spread over the map; the median shift of the better-matching half
+    corrects every pattern's PC. One correction for the map rather than one PC
+    per pattern: rotation and PC nearly trade for each other on a single noisy
+    pattern, while the median over hundreds averages the noise out.
+    """
+    n = len(pcs)
+    rows = np.unique(np.linspace(0, n - 1, min(n, PC_CALIBRATION_PATTERNS)).round().astype(int))
+    _, fitted, score, bad = run(read(rows), pcs[rows], True, 10)
+    good = ~bad.numpy()
+    if not good.any():
+        return pcs
+    score = score.numpy()
+    best = good & (score >= np.median(score[good]))
+    shift = np.median(fitted[best] - pcs[rows][best], axis=0)
+    log.info(
+        "pattern centre corrected by (%+.4f, %+.4f, %+.4f) from %d patterns",
+        *shift,
+        int(best.sum()),
+    )
+    return pcs + shift
 
 
 def index(
@@ -217,8 +250,10 @@ def index(
         Refine each CNN answer by pattern matching (default); ``False`` for the
         CNN alone.
     refine_pc
-        Also refine each pattern's centre (for files whose PC is roughly known);
-        the map then holds properties ``pcx``, ``pcy``, ``pcz``.
+        The file's (or given) PC is only roughly known: fit one correction to it
+        by refining orientation and PC together on a subset spread over the map,
+        then index every pattern with the corrected PC; the map then holds
+        properties ``pcx``, ``pcy``, ``pcz``.
     min_ncc
         Patterns whose final NCC is below this are marked not indexed.
     fallback_ncc
@@ -289,55 +324,61 @@ def index(
     bg = _static_background(signal, static_background)
     bg_t = None if bg is None else torch.from_numpy(bg)
     data = signal.data.reshape((n, *sig_shape))
-    quaternions = np.empty((n, 4))
-    refined_pcs = pcs.copy()
-    ncc = np.empty(n, dtype=np.float32)
-    not_indexed = np.zeros(n, dtype=bool)
-    bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
+
+    def read(rows) -> Tensor:
+        block = data[rows]
+        try:
+            raw = np.asarray(block.compute() if hasattr(block, "compute") else block)
+        except OSError as exc:  # h5py and the binary readers on damaged files
+            raise IndexingError(f"cannot read patterns: {exc}") from exc
+        return torch.from_numpy(raw).float()
+
+    def run(raw: Tensor, pc_block: np.ndarray, fit_pc: bool, iterations: int):
+        """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
+        # NaN/inf, constant or saturated patterns carry no orientation: mark them
+        # not indexed, and zero them so that they cannot disturb the batch.
+        flat = raw.flatten(1)
+        bad = ~torch.isfinite(flat).all(1) | (flat.nan_to_num().std(1) < 1e-6)
+        raw[bad] = 0.0
+        patterns = preprocess(raw, config, static_background=bg_t, shape=model_shape).to(dev)
+        output = net(patterns)
+        q = net.to_quaternions(output)
+        pc_batch = torch.from_numpy(pc_block).float().to(dev)
+        if refine:
+            good = (~bad).nonzero().squeeze(1).to(dev)
+            candidates = net.all_quaternions(output) if hasattr(net, "all_quaternions") else q
+            q_good, pc_good, ncc_good = _refine(
+                patterns[good], candidates[good], pc_batch[good], projector, config,
+                fit_pc, fallback_ncc, iterations,
+            )  # fmt: skip
+            q[good], pc_batch[good] = q_good, pc_good
+            score = torch.zeros(len(q), dtype=torch.float64)
+            score[good.cpu()] = ncc_good.double().cpu()
+        else:
+            simulated = preprocess(projector(q, pc_batch), config)
+            score = normalised_cross_correlation(patterns, simulated).cpu()
+        return q, pc_batch.double().cpu().numpy(), score, bad
+
     with torch.no_grad():
+        if refine and refine_pc:
+            pcs = _calibrated_pcs(pcs, read, run)
+        quaternions = np.empty((n, 4))
+        ncc = np.empty(n, dtype=np.float32)
+        not_indexed = np.zeros(n, dtype=bool)
+        bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            block = data[start:stop]
-            try:
-                raw = torch.from_numpy(
-                    np.asarray(block.compute() if hasattr(block, "compute") else block)
-                )
-            except OSError as exc:  # h5py and the binary readers on damaged files
-                raise IndexingError(f"cannot read patterns {start}–{stop - 1}: {exc}") from exc
-            raw = raw.float()
-            # NaN/inf, constant or saturated patterns carry no orientation: mark them
-            # not indexed, and zero them so that they cannot disturb the batch.
-            flat = raw.flatten(1)
-            bad = ~torch.isfinite(flat).all(1) | (flat.nan_to_num().std(1) < 1e-6)
-            raw[bad] = 0.0
-            patterns = preprocess(raw, config, static_background=bg_t, shape=model_shape).to(dev)
-            output = net(patterns)
-            q = net.to_quaternions(output)
-            pc_batch = torch.from_numpy(pcs[start:stop]).float().to(dev)
-            if refine:
-                good = (~bad).nonzero().squeeze(1).to(dev)
-                candidates = net.all_quaternions(output) if hasattr(net, "all_quaternions") else q
-                q_good, pc_good, ncc_good = _refine(
-                    patterns[good], candidates[good], pc_batch[good], projector, config,
-                    refine_pc, fallback_ncc,
-                )  # fmt: skip
-                q[good], pc_batch[good] = q_good, pc_good
-                score = torch.zeros(len(q), dtype=torch.float64)
-                score[good.cpu()] = ncc_good.double().cpu()
-            else:
-                simulated = preprocess(projector(q, pc_batch), config)
-                score = normalised_cross_correlation(patterns, simulated).cpu()
+            q, _, score, bad = run(read(slice(start, stop)), pcs[start:stop], False, 3)
             bad |= score < min_ncc
             ncc[start:stop] = torch.where(bad, 0.0, score).numpy()
             not_indexed[start:stop] = bad.numpy()
             quaternions[start:stop] = q.double().cpu().numpy()
-            refined_pcs[start:stop] = pc_batch.double().cpu().numpy()
             bar.update(stop - start)
-    bar.close()
+        bar.close()
 
     prop = {"ncc": ncc}
     if refine and refine_pc:
-        prop.update({f"pc{axis}": refined_pcs[:, i] for i, axis in enumerate("xyz")})
+        prop.update({f"pc{axis}": pcs[:, i] for i, axis in enumerate("xyz")})
     rows, cols = nav_shape if len(nav_shape) == 2 else (1, n)
     scale = [ax.scale for ax in am.navigation_axes] or [1.0]
     dx = float(scale[0])
