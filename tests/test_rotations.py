@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from orix.quaternion import Orientation, Rotation
 
 from ebsdnet.rotations import (
@@ -125,3 +127,40 @@ def test_gradients_pass_gradcheck():
 def test_unknown_point_group_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown point group"):
         point_group_operators("m3m-typo")
+
+
+# Property tests: any unit quaternion, any Laue group.
+_unit_quaternions = st.lists(st.floats(-1.0, 1.0, allow_nan=False), min_size=4, max_size=4).filter(
+    lambda v: sum(x * x for x in v) > 1e-3
+)
+
+
+def _q(values) -> torch.Tensor:
+    q = torch.tensor(values, dtype=torch.float64)
+    return standardise_quaternion(q / q.norm())[None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_unit_quaternions)
+def test_conversions_round_trip_for_any_rotation(values):
+    q = _q(values)
+    assert disorientation_deg(matrix_to_quaternion(quaternion_to_matrix(q)), q, "1") < 1e-6
+    assert disorientation_deg(euler_to_quaternion(quaternion_to_euler(q)), q, "1") < 1e-6
+    assert disorientation_deg(matrix_to_quaternion(sixd_to_matrix(matrix_to_sixd(
+        quaternion_to_matrix(q)))), q, "1") < 1e-6  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(_unit_quaternions, _unit_quaternions, st.sampled_from(LAUE_GROUPS))
+def test_symmetry_reduction_properties(a_values, b_values, group):
+    a, b = _q(a_values), _q(b_values)
+    ops = point_group_operators(group, dtype=torch.float64)
+    reduced = reduce_to_fundamental_zone(a, ops)
+    assert disorientation_deg(reduced, a, group) < 1e-6  # an equivalent of the input
+    # Reducing again finds no closer equivalent (on a zone boundary another one as close).
+    assert torch.allclose(reduce_to_fundamental_zone(reduced, ops)[..., 0], reduced[..., 0])
+    d_ab, d_ba = disorientation_deg(a, b, group), disorientation_deg(b, a, group)
+    assert torch.allclose(d_ab, d_ba, atol=1e-6)
+    moved = quaternion_multiply(ops[len(ops) // 2][None], b)  # a symmetry equivalent of b
+    assert torch.allclose(disorientation_deg(a, moved, group), d_ab, atol=1e-6)
+    assert 0 <= float(d_ab) <= 180
