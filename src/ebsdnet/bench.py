@@ -424,7 +424,8 @@ def _plot(results: list[Result], conditions, path: Path) -> None:
         for c in series:
             hit = [r for r in results if r.method == method and r.condition == c.name]
             means.append(hit[0].errors["mean"] if hit else np.nan)
-        ax.plot(labels, means, marker="o", label=method)
+        if np.isfinite(means).any():  # methods run only on other maps stay out
+            ax.plot(labels, means, marker="o", label=method)
     ax.set_yscale("log")
     ax.set_xlabel("dose (counts per pixel)")
     ax.set_ylabel("mean disorientation (°)")
