@@ -6,6 +6,9 @@ from ebsdnet.bench import CONDITIONS, Condition, run_bench
 
 
 def test_bench_runs_every_method_and_writes_its_reports(tmp_path):
+    import os
+
+    cache_dir = os.environ.get("NUMBA_CACHE_DIR")
     conditions = (Condition("noise-free", None), CONDITIONS[-1])  # + the 9 real patterns
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# b\n\n<!-- bench -->\nold\n<!-- /bench -->\n")
@@ -34,5 +37,7 @@ def test_bench_runs_every_method_and_writes_its_reports(tmp_path):
     out = tmp_path / "out"
     assert json.loads((out / "bench.json").read_text())["quick"] is True
     assert (out / "error_vs_dose.png").stat().st_size > 1000
+    # PyEBSDIndex's redirection of numba's cache must not reach child processes.
+    assert os.environ.get("NUMBA_CACHE_DIR") == cache_dir
     text = md.read_text()
     assert "old" not in text and "PyEBSDIndex Hough" in text and text.startswith("# b")

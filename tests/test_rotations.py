@@ -145,7 +145,8 @@ def _q(values) -> torch.Tensor:
 def test_conversions_round_trip_for_any_rotation(values):
     q = _q(values)
     assert disorientation_deg(matrix_to_quaternion(quaternion_to_matrix(q)), q, "1") < 1e-6
-    assert disorientation_deg(euler_to_quaternion(quaternion_to_euler(q)), q, "1") < 1e-6
+    # Euler angles lose digits near Φ = 0 (φ1 and φ2 merge): a looser bound there.
+    assert disorientation_deg(euler_to_quaternion(quaternion_to_euler(q)), q, "1") < 1e-4
     assert disorientation_deg(matrix_to_quaternion(sixd_to_matrix(matrix_to_sixd(
         quaternion_to_matrix(q)))), q, "1") < 1e-6  # fmt: skip
 

@@ -34,6 +34,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -129,6 +130,25 @@ def _timed(fn):
     return value, seconds, memory.peak_mb
 
 
+def _import_pyebsdindex() -> None:
+    """Import PyEBSDIndex without letting it redirect numba's cache for child processes.
+
+    Its modules point ``NUMBA_CACHE_DIR`` at a folder of their own on import.
+    Processes started afterwards (subprocesses, DDP workers) then share that
+    folder for every numba function (orix's, kikuchipy's), and one killed or
+    racing while writing it leaves a cache that crashes the next reader
+    (measured here: SIGSEGV). This process keeps PyEBSDIndex's setting; the
+    environment its children inherit is restored.
+    """
+    saved = os.environ.get("NUMBA_CACHE_DIR")
+    import pyebsdindex.ebsd_index  # noqa: F401  (imports the modules that set it)
+
+    if saved is None:
+        os.environ.pop("NUMBA_CACHE_DIR", None)
+    else:
+        os.environ["NUMBA_CACHE_DIR"] = saved
+
+
 def _kikuchipy_conditioned(signal):
     """kikuchipy's usual conditioning: static, then dynamic background removal."""
     s = signal.deepcopy()
@@ -195,6 +215,7 @@ class _Bench:
         from ebsdnet.cards import load_model
         from ebsdnet.projector import DetectorGeometry, MasterPattern
 
+        _import_pyebsdindex()
         self.model = model
         _, card = load_model(model)
         self.point_group = card["point_group"]
