@@ -116,3 +116,30 @@ def test_a_killed_run_leaves_no_map(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+
+
+def test_an_unsupported_file_is_refused(tmp_path, capsys):
+    src = tmp_path / "notes.txt"
+    src.write_text("not a pattern file\n")
+    assert _index_cli(src, tmp_path / "a.ang") == 2
+    assert "cannot read patterns" in capsys.readouterr().err
+    assert not (tmp_path / "a.ang").exists()
+
+
+def test_an_existing_map_is_kept_without_force(good_file, tmp_path, capsys):
+    out = tmp_path / "a.ang"
+    out.write_text("precious\n")
+    assert _index_cli(good_file, out) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert out.read_text() == "precious\n"
+
+
+def test_an_empty_map_is_refused():
+    import kikuchipy as kp
+
+    empty = kp.signals.EBSD(
+        np.zeros((0, 60, 60), dtype=np.uint8),
+        detector=kp.detectors.EBSDDetector(shape=(60, 60), pc=(0.425, 0.213, 0.501)),
+    )
+    with pytest.raises(IndexingError, match="no patterns"):
+        index(empty, show_progressbar=False)
