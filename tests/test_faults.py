@@ -143,3 +143,35 @@ def test_an_empty_map_is_refused():
     )
     with pytest.raises(IndexingError, match="no patterns"):
         index(empty, show_progressbar=False)
+
+
+def test_a_missing_file_is_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "ebsdnet.cli", "-q", "index", str(tmp_path / "nope.h5")]
+    proc = subprocess.run([*cmd, "-o", str(tmp_path / "a.ang")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.ang").exists()
+
+
+def test_a_tampered_model_and_another_master_pattern_are_refused(good_file, tmp_path, capsys):
+    import shutil
+    from dataclasses import replace
+
+    import kikuchipy as kp
+
+    from ebsdnet.cards import card_path
+    from ebsdnet.projector import MasterPattern
+
+    card = card_path("ni-60")
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(card.with_suffix(suffix), tmp_path / f"m{suffix}")
+    weights = bytearray((tmp_path / "m.safetensors").read_bytes())
+    weights[-10] ^= 0xFF
+    (tmp_path / "m.safetensors").write_bytes(bytes(weights))
+    assert _index_cli(good_file, tmp_path / "a.ang", "--model", str(tmp_path / "m")) == 2
+    assert "checksum" in capsys.readouterr().err
+    assert not (tmp_path / "a.ang").exists()
+
+    nickel = MasterPattern.nickel()
+    other = replace(nickel, texture=nickel.texture.flip(-1), sha256="another")
+    with pytest.raises(IndexingError, match="master pattern"):
+        index(kp.load(good_file), master_pattern=other, show_progressbar=False)
