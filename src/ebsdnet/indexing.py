@@ -38,8 +38,12 @@ MIN_NCC = 0.1
 FALLBACK_NCC = 0.2
 FALLBACK_RESOLUTION_DEG = 3.0
 FALLBACK_CANDIDATES = 4
-#: Patterns (spread over the map) that fit the map's pattern-centre correction.
+#: Full-resolution refinement iterations per pattern (after the coarse levels).
+REFINE_ITERATIONS = 3
+#: Patterns (spread over the map) that fit the map's pattern-centre correction, and
+#: their iterations (orientation and PC move together, so they need more).
 PC_CALIBRATION_PATTERNS = 256
+PC_CALIBRATION_ITERATIONS = 10
 
 
 class IndexingError(ValueError):
@@ -196,7 +200,7 @@ def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
     """
     n = len(pcs)
     rows = np.unique(np.linspace(0, n - 1, min(n, PC_CALIBRATION_PATTERNS)).round().astype(int))
-    _, fitted, score, bad = run(read(rows), pcs[rows], True, 10)
+    _, fitted, score, bad = run(read(rows), pcs[rows], True, PC_CALIBRATION_ITERATIONS)
     good = ~bad.numpy()
     if not good.any():
         return pcs
@@ -368,7 +372,8 @@ def index(
         bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            q, _, score, bad = run(read(slice(start, stop)), pcs[start:stop], False, 3)
+            block = read(slice(start, stop))
+            q, _, score, bad = run(block, pcs[start:stop], False, REFINE_ITERATIONS)
             bad |= score < min_ncc
             ncc[start:stop] = torch.where(bad, 0.0, score).numpy()
             not_indexed[start:stop] = bad.numpy()

@@ -125,9 +125,10 @@ def refine_orientations(
         the first level. Levels whose binning does not divide the pattern are
         skipped.
     pc_scale, pc_step
-        Pattern-centre units per parameter unit (a PC change of ``pc_scale``
-        weighs like one radian of rotation in the damping), and the
-        finite-difference step of the PC columns in parameter units.
+        Pattern-centre units per parameter unit, and the finite-difference step
+        of the PC columns in parameter units (0.2 × 0.005 = a PC change of
+        0.001). The damping scales with the diagonal of ``JᵀJ``, so the choice
+        of units does not bias the steps.
 
     Returns
     -------
