@@ -103,19 +103,41 @@ def test_mutated_files_give_a_map_or_the_clear_error(good_file, tmp_path, flips)
     assert out.exists() == (code == 0)
 
 
-def test_a_killed_run_leaves_no_map(tmp_path):
+def test_a_killed_run_leaves_no_map_and_resumes_to_the_same_one(tmp_path):
+    import torch
+    from orix import io
+
+    from ebsdnet.rotations import disorientation_deg
+
     src = tmp_path / "big.h5"
     simulate_map((60, 60), n_grains=12, dose=100.0, seed=6).save(src)
     out = tmp_path / "big.ang"
+    cmd = [sys.executable, "-m", "ebsdnet.cli", "-q", "index", str(src), "--batch-size", "256"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ebsdnet.cli", "-q", "index", str(src), "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(5)  # start-up and part of the indexing
+        [*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    batches = tmp_path / ".big.ang.batches"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(batches.glob("batch*.npz"))) >= 2:
+            break
+        time.sleep(0.1)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
+    finished = len(list(batches.glob("batch*.npz")))
+    assert 2 <= finished < 15  # 3,600 patterns in batches of 256
+    assert _index_cli(src, out, "--batch-size", "256") == 2  # neither --resume nor --force
+    assert _index_cli(src, out, "--batch-size", "128", "--resume") == 2  # other settings
+    assert _index_cli(src, out, "--batch-size", "256", "--resume") == 0
+    assert not batches.exists()
+    straight = tmp_path / "straight.ang"
+    assert _index_cli(src, straight, "--batch-size", "256") == 0
+    a, b = io.load(out), io.load(straight)
+    diff = disorientation_deg(torch.tensor(a.rotations.data), torch.tensor(b.rotations.data))
+    assert diff.max() < 0.01  # .ang keeps 5 decimals of radians
+    assert np.allclose(a.prop["ci"], b.prop["ci"], atol=1e-3)
 
 
 def test_an_unsupported_file_is_refused(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -212,15 +213,25 @@ def cmd_index(args) -> None:
     if isinstance(signal, list) or not hasattr(signal, "detector"):
         raise UserError(f"{src} holds no single EBSD map")
     mp = _master_pattern(args) if args.master_pattern else None
+    # Finished batches are kept beside the output until the map is written.
+    progress = out.with_name(f".{out.name}.batches")
+    if progress.exists() and not args.resume:
+        if not args.force:
+            raise UserError(
+                f"an interrupted run left {progress}; pass --resume to continue it "
+                "or --force to start over"
+            )
+        shutil.rmtree(progress)
     try:
         xmap = index(
             signal, model=args.model, pc=None if args.pc is None else tuple(args.pc),
             master_pattern=mp, batch_size=args.batch_size, device=args.device,
             refine=not args.no_refine, refine_pc=args.refine_pc,
             min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
-            show_progressbar=not args.quiet,
+            progress_folder=progress, show_progressbar=not args.quiet,
         )  # fmt: skip
         save_map(xmap, out)
+        shutil.rmtree(progress, ignore_errors=True)
     except (IndexingError, ModelFileError) as exc:
         raise UserError(str(exc)) from exc
     except OSError as exc:  # disk full, permissions changed mid-run
@@ -340,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run into the same output"
+    )
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("evaluate", help="a model's error on fresh held-out simulated patterns")

@@ -12,6 +12,9 @@ read batch by batch, so a lazy kikuchipy signal is never loaded whole.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -189,6 +192,59 @@ def _refine(
     return q, pcs, ncc
 
 
+class _FinishedBatches:
+    """Results of finished batches on disk, so that a killed run can resume.
+
+    One ``.npz`` per batch, written under a temporary name and renamed, beside
+    ``settings.json``: a resumed run must match those settings (data, model,
+    options), or it would splice two different maps together.
+    """
+
+    def __init__(self, folder: Path, settings: dict) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "settings.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != settings:
+                changed = sorted(k for k in settings if saved.get(k) != settings[k])
+                raise IndexingError(
+                    f"the interrupted run in {folder} differs in {', '.join(changed)}; "
+                    "start over (--force) or resume with the same settings"
+                )
+        else:
+            self._write(path, json.dumps(settings, indent=2).encode())
+
+    def _write(self, path: Path, payload: bytes) -> None:
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+
+    def load(self, name: str) -> dict | None:
+        path = self.folder / f"{name}.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+
+    def save(self, name: str, **arrays) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self._write(self.folder / f"{name}.npz", buffer.getvalue())
+
+
+def _run_settings(data, n: int, card: dict, pcs: np.ndarray, options: dict) -> dict:
+    """What must match for a resumed run to continue the same map."""
+    ends = np.asarray(data[0]).tobytes() + np.asarray(data[n - 1]).tobytes()
+    return {
+        "patterns": n,
+        "data_ends_sha256": hashlib.sha256(ends).hexdigest(),
+        "model_sha256": card["weights_sha256"],
+        "pc_sha256": hashlib.sha256(np.ascontiguousarray(pcs).tobytes()).hexdigest(),
+        **options,
+    }
+
+
 def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
     """The stated pattern centres plus one correction fitted on a spread subset of the map.
 
@@ -227,6 +283,7 @@ def index(
     refine_pc: bool = False,
     min_ncc: float = MIN_NCC,
     fallback_ncc: float | None = FALLBACK_NCC,
+    progress_folder: str | Path | None = None,
     show_progressbar: bool | None = None,
 ):
     """Index a kikuchipy ``EBSD`` signal with a CNN (and refinement); return a ``CrystalMap``.
@@ -265,6 +322,10 @@ def index(
         matched against a coarse dictionary (3°, simulated once per detector
         and cached) and its best entries refined; the higher NCC wins. ``None``
         turns the fallback off.
+    progress_folder
+        Keep each finished batch's results here; batches already there (from
+        an interrupted run with the same data, model and options) are not
+        indexed again.
 
     Returns
     -------
@@ -363,21 +424,42 @@ def index(
             score = normalised_cross_correlation(patterns, simulated).cpu()
         return q, pc_batch.double().cpu().numpy(), score, bad
 
+    store = None
+    if progress_folder is not None:
+        options = {
+            "refine": refine, "refine_pc": refine_pc, "min_ncc": min_ncc,
+            "fallback_ncc": fallback_ncc, "batch_size": batch_size,
+            "static_background": static_background,
+        }  # fmt: skip
+        store = _FinishedBatches(Path(progress_folder), _run_settings(data, n, card, pcs, options))
     with torch.no_grad():
         if refine and refine_pc:
-            pcs = _calibrated_pcs(pcs, read, run)
+            saved = store.load("pcs") if store else None
+            pcs = saved["pcs"] if saved else _calibrated_pcs(pcs, read, run)
+            if store and not saved:
+                store.save("pcs", pcs=pcs)
         quaternions = np.empty((n, 4))
         ncc = np.empty(n, dtype=np.float32)
         not_indexed = np.zeros(n, dtype=bool)
         bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            block = read(slice(start, stop))
-            q, _, score, bad = run(block, pcs[start:stop], False, REFINE_ITERATIONS)
-            bad |= score < min_ncc
-            ncc[start:stop] = torch.where(bad, 0.0, score).numpy()
-            not_indexed[start:stop] = bad.numpy()
-            quaternions[start:stop] = q.double().cpu().numpy()
+            name = f"batch{start:012d}"
+            done = store.load(name) if store else None
+            if done is None:
+                block = read(slice(start, stop))
+                q, _, score, bad = run(block, pcs[start:stop], False, REFINE_ITERATIONS)
+                bad |= score < min_ncc
+                done = {
+                    "quaternions": q.double().cpu().numpy(),
+                    "ncc": torch.where(bad, 0.0, score).numpy().astype(np.float32),
+                    "not_indexed": bad.numpy(),
+                }
+                if store:
+                    store.save(name, **done)
+            quaternions[start:stop] = done["quaternions"]
+            ncc[start:stop] = done["ncc"]
+            not_indexed[start:stop] = done["not_indexed"]
             bar.update(stop - start)
         bar.close()
 
