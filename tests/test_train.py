@@ -113,33 +113,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_with_two_cpu_processes(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "ebsdnet.cli",
-        "-q",
-        "train",
-        "-o",
-        str(tmp_path),
-        "--steps",
-        "10",
-        "--val-every",
-        "10",
-        "--device",
-        "cpu",
-        *TINY,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def test_ddp_with_two_cpu_processes_learns_like_one(trained_run, tmp_path):
+    """Two gloo processes of 32 patterns each learn like ``trained_run``'s one process of 64.
+
+    Measured: 39.4° → 18.6° over 300 steps (one process of 64: 16° after 400). At this
+    tiny scale a run can sit on its initial plateau for a few hundred steps (seen with
+    400 steps' schedule), so the comparison is of the curve's shape, not exact figures.
+    """
+    small = [a if a != "64" else "32" for a in SMALL]  # per-rank batch 32
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), "-m", "ebsdnet.cli", "-q", "train"]
+    cmd += ["-o", str(tmp_path), "--steps", "300", "--val-every", "100", "--device", "cpu"]
+    proc = subprocess.run([*cmd, *small], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    card = json.loads((tmp_path / "model.json").read_text())
-    assert card["samples_seen"] == 10 * 32 * 2
+    ddp = json.loads((tmp_path / "model.json").read_text())
+    one = json.loads((trained_run / "model.json").read_text())
+    assert ddp["samples_seen"] == 300 * 64
+    curve = [h["noise_free"] for h in ddp["history"]]
+    assert curve[-1] < curve[0] and curve[-1] < 0.6 * RANDOM_MEAN_DEG  # it learns
+    assert curve[-1] < 2.5 * one["validation"]["noise_free"]["mean"]
 
 
 def test_a_killed_run_resumes_to_the_same_result(tmp_path):
