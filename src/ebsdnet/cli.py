@@ -39,8 +39,9 @@ def _add_geometry(p: argparse.ArgumentParser) -> None:
 
 
 def _check_pc(pc) -> None:
-    pcx, pcy, pcz = pc
-    if not (0 <= pcx <= 1 and 0 <= pcy <= 1 and pcz > 0):
+    from ebsdnet.projector import unphysical_pattern_centres
+
+    if unphysical_pattern_centres(pc).any():
         raise UserError(f"pattern centre {tuple(pc)} is outside 0 ≤ x, y ≤ 1, z > 0")
 
 

@@ -27,10 +27,22 @@ from ebsdnet.cards import load_model
 from ebsdnet.metrics import normalised_cross_correlation
 from ebsdnet.models import for_inference
 from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
-from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
+from ebsdnet.projector import (
+    DetectorGeometry,
+    MasterPattern,
+    Projector,
+    unphysical_pattern_centres,
+)
 from ebsdnet.refine import refine_orientations
 
-__all__ = ["MIN_NCC", "IndexingError", "index", "save_map", "write_ipf_map"]
+__all__ = [
+    "MIN_NCC",
+    "IndexingError",
+    "fallback_dictionary",
+    "index",
+    "save_map",
+    "write_ipf_map",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +91,9 @@ def _pattern_centres(detector, n: int, pc: tuple[float, float, float] | None) ->
             pcs = np.tile(pcs, (n, 1))
         elif len(pcs) != n:
             raise IndexingError(f"the detector has {len(pcs)} pattern centres for {n} patterns")
-    x, y, z = pcs.T
-    physical = np.isfinite(pcs).all(1) & (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1) & (z > 0)
-    if not physical.all():
-        bad = pcs[~physical][0]
+    unphysical = unphysical_pattern_centres(pcs)
+    if unphysical.any():
+        bad = pcs[unphysical][0]
         raise IndexingError(
             f"pattern centre ({bad[0]:g}, {bad[1]:g}, {bad[2]:g}) is outside the physical "
             "range 0 ≤ x, y ≤ 1, z > 0"
@@ -138,7 +149,7 @@ def _static_background(signal, use: bool) -> np.ndarray | None:
 _FALLBACK_DICTIONARIES: dict[tuple, object] = {}
 
 
-def _fallback_dictionary(projector: Projector, pc: Tensor, config: PreprocessConfig):
+def fallback_dictionary(projector: Projector, pc: Tensor, config: PreprocessConfig):
     """The coarse dictionary for ``projector``'s detector at PC ``pc`` (built once, cached)."""
     from dataclasses import replace
 
@@ -176,7 +187,7 @@ def _refine(
     low = (ncc < fallback_ncc).nonzero().squeeze(1)
     if len(low) == 0:
         return q, pcs, ncc
-    dictionary = _fallback_dictionary(projector, pcs.mean(0), config)
+    dictionary = fallback_dictionary(projector, pcs.mean(0), config)
     starts, _ = dictionary.top(patterns[low].cpu(), FALLBACK_CANDIDATES)
     # Noise can reorder a coarse dictionary's best entries: refine each of them.
     for start in starts.to(q.device).unbind(1):

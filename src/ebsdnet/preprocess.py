@@ -99,10 +99,8 @@ def _grouped_blur(patterns: Tensor, sigma: Tensor) -> Tensor:
         return patterns
     radius = _blur_radius(float(sig.max()), h, w)
     offsets = torch.arange(-radius, radius + 1, dtype=patterns.dtype, device=patterns.device)
-    kernel = torch.exp(-0.5 * (offsets[None] / sig.clamp_min(1e-3)[:, None]) ** 2)  # (S, K)
+    kernel = torch.exp(-0.5 * (offsets[None] / sig.clamp_min(1e-3)[:, None]) ** 2)  # (B, K)
     kernel = kernel / kernel.sum(-1, keepdim=True)
-    if kernel.shape[0] == 1:
-        kernel = kernel.expand(b, -1)
     x = patterns[None]  # (1, B, H, W)
     x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
     x = F.conv2d(x, kernel[:, None, None, :], groups=b)

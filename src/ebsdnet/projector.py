@@ -25,9 +25,30 @@ from torch import Tensor
 
 from ebsdnet.rotations import quaternion_to_matrix
 
-__all__ = ["DetectorGeometry", "MasterPattern", "Projector", "lambert_coordinates"]
+__all__ = [
+    "DetectorGeometry",
+    "MasterPattern",
+    "Projector",
+    "lambert_coordinates",
+    "unphysical_pattern_centres",
+]
 
 _SQRT_PI = math.sqrt(math.pi)
+
+
+def unphysical_pattern_centres(pcs) -> np.ndarray:
+    """Which Bruker PCs ``(N, 3)`` lie outside 0 ≤ x, y ≤ 1, z > 0 (or are not finite).
+
+    Examples
+    --------
+    >>> unphysical_pattern_centres([[0.4, 0.2, 0.5], [0.4, 1.3, 0.5]]).tolist()
+    [False, True]
+    """
+    pcs = np.asarray(pcs, dtype=np.float64).reshape(-1, 3)
+    x, y, z = pcs.T
+    with np.errstate(invalid="ignore"):
+        physical = np.isfinite(pcs).all(1) & (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1) & (z > 0)
+    return ~physical
 
 
 @dataclass(frozen=True)
@@ -242,11 +263,15 @@ class Projector(torch.nn.Module):
         r_sample = r_det @ self.detector_to_sample.T
         return r_sample / r_sample.norm(dim=-1, keepdim=True)
 
-    def forward(self, quaternions: Tensor, pc: Tensor | None = None) -> Tensor:
-        """Patterns ``(B, H, W)`` for quaternions ``(B, 4)``; ``pc`` is ``(3,)`` or ``(B, 3)``."""
+    def crystal_directions(self, quaternions: Tensor, pc: Tensor | None = None) -> Tensor:
+        """Each pixel's direction in the crystal frame, ``(B, P, 3)``."""
         directions = self.detector_directions(pc)  # (P, 3) or (B, P, 3)
         rot = quaternion_to_matrix(quaternions.to(self.u))  # (B, 3, 3)
-        crystal = directions @ rot.transpose(-1, -2)  # (B, P, 3)
+        return directions @ rot.transpose(-1, -2)
+
+    def forward(self, quaternions: Tensor, pc: Tensor | None = None) -> Tensor:
+        """Patterns ``(B, H, W)`` for quaternions ``(B, 4)``; ``pc`` is ``(3,)`` or ``(B, 3)``."""
+        crystal = self.crystal_directions(quaternions, pc)
         return self._sample(crystal).reshape(-1, *self.geometry.shape)
 
     def with_jacobian(
@@ -260,13 +285,12 @@ class Projector(torch.nn.Module):
         ``∇c`` the gradient of the look-up w.r.t. ``c`` — one backward pass for
         all pixels, since each pixel depends on its own direction alone.
         """
-        directions = self.detector_directions(pc)
-        rot = quaternion_to_matrix(quaternions.to(self.u))
+        crystal = self.crystal_directions(quaternions, pc).detach()
         with torch.enable_grad():
-            crystal = (directions @ rot.transpose(-1, -2)).detach().requires_grad_(True)
+            crystal.requires_grad_(True)
             intensity = self._sample(crystal)
             (grad,) = torch.autograd.grad(intensity.sum(), crystal)
-        jac = torch.linalg.cross(crystal.detach(), grad, dim=-1)
+        jac = torch.linalg.cross(crystal.detach(), grad, dim=-1)  # (B, P, 3)
         shape = self.geometry.shape
         return intensity.detach().reshape(-1, *shape), jac.reshape(-1, *shape, 3)
 

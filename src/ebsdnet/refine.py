@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ebsdnet.metrics import unit_patterns
-from ebsdnet.preprocess import PreprocessConfig, gaussian_blur, remove_dynamic_background
+from ebsdnet.preprocess import PreprocessConfig, gaussian_blur, rebin, remove_dynamic_background
 from ebsdnet.projector import Projector
 from ebsdnet.rotations import (
     axis_angle_to_quaternion,
@@ -154,7 +154,7 @@ def refine_orientations(
         return target.shape[-2] % factor == 0 and target.shape[-1] % factor == 0
 
     def level_target(factor: int, sigma: float) -> Tensor:
-        t = torch.nn.functional.avg_pool2d(target[:, None], factor)[:, 0] if factor > 1 else target
+        t = rebin(target, (target.shape[-2] // factor, target.shape[-1] // factor))
         return unit_patterns(gaussian_blur(t, sigma) if sigma > 0 else t)
 
     def simulate(proj: Projector, q: Tensor, pc_: Tensor) -> tuple[Tensor, Tensor]:
