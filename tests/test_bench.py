@@ -14,7 +14,7 @@ def test_bench_runs_every_method_and_writes_its_reports(tmp_path):
     md.write_text("# b\n\n<!-- bench -->\nold\n<!-- /bench -->\n")
     report = run_bench(
         tmp_path / "out", quick=True, conditions=conditions, map_size=3,
-        resolutions=(8.0,), benchmarks_md=md,
+        resolutions=(8.0,), benchmarks_md=md, compiled=False,
     )  # fmt: skip
     methods = {r["method"] for r in report["results"]}
     assert methods == {

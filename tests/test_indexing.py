@@ -186,3 +186,27 @@ def test_the_inference_copy_of_a_model_gives_its_answers():
     assert torch.equal(a["logits"].argmax(-1), b["logits"].argmax(-1))
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original intact
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+
+
+def test_the_cnn_in_bfloat16_reads_what_it_reads_in_float32(sim_map):
+    """``precision`` changes the CNN's arithmetic; its answers stay, the refined map too."""
+    from ebsdnet.models import inference_autocast
+
+    truth = torch.tensor(sim_map.xmap.rotations.data)
+    maps = {
+        p: index(sim_map, model=MODEL, refine=False, precision=p, show_progressbar=False)
+        for p in ("float32", "bfloat16")
+    }
+    a, b = (torch.tensor(maps[p].rotations.data) for p in ("float32", "bfloat16"))
+    assert disorientation_deg(a, b, "m-3m").mean() < 1.0
+    assert disorientation_deg(b, truth, "m-3m").mean() < 3.0
+    refined = index(sim_map, model=MODEL, precision="bfloat16", show_progressbar=False)
+    err = disorientation_deg(torch.tensor(refined.rotations.data), truth, "m-3m")
+    assert err.mean() < 0.1
+    conv = torch.nn.Conv2d(1, 1, 3)
+    x = torch.randn(1, 1, 8, 8)
+    for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        with torch.no_grad(), inference_autocast("cpu", precision):
+            assert conv(x).dtype == dtype
+    with pytest.raises(ValueError, match="precision"):
+        inference_autocast("cpu", "float16")

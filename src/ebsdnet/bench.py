@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ebsdnet.indexing import COMPILE_MIN_PATTERNS
 from ebsdnet.metrics import error_summary
 from ebsdnet.report import machine, write_section
 from ebsdnet.rotations import disorientation_deg
@@ -212,7 +213,7 @@ def _quiet(fn):
 class _Bench:
     """State shared across conditions: model, master patterns, dictionaries, results."""
 
-    def __init__(self, model: str, resolutions: tuple[float, ...]) -> None:
+    def __init__(self, model: str, resolutions: tuple[float, ...], compiled: bool) -> None:
         import kikuchipy as kp
         from orix.crystal_map import PhaseList
 
@@ -234,6 +235,8 @@ class _Bench:
         self.build_seconds: dict[str, float] = {}
         self.results: list[Result] = []
         self.hough_warmed = False
+        self.compiled = compiled
+        self.compile_seconds: float | None = None
         self._time_fallback_build(card)
 
     def _time_fallback_build(self, card: dict) -> None:
@@ -248,6 +251,15 @@ class _Bench:
         d = fallback_dictionary(Projector(self.mp, self.nominal), pc, config)
         label = f"ebsdnet's {FALLBACK_RESOLUTION_DEG:g}° fallback ({len(d):,} patterns, torch)"
         self.build_seconds[label] = time.perf_counter() - t0
+
+    def _warm_compiled(self, ours) -> None:
+        """Compile the refinement once (timed apart, like the dictionaries)."""
+        if self.compile_seconds is None:
+            t0 = time.perf_counter()
+            ours(True, compiled=True)
+            self.compile_seconds = time.perf_counter() - t0
+        else:
+            ours(True, compiled=True)  # a new map's shapes may still recompile
 
     def score(self, condition, truth, method: str, xmap, seconds: float, peak: float) -> None:
         err = disorientation_deg(torch.from_numpy(_best_rotations(xmap)), truth, self.point_group)
@@ -279,10 +291,10 @@ class _Bench:
     def run_condition(self, condition: Condition, signal, truth) -> None:
         from ebsdnet.indexing import index
 
-        def ours(refine: bool, refine_pc: bool = False):
+        def ours(refine: bool, refine_pc: bool = False, compiled: bool = False):
             return index(
                 signal, model=self.model, master_pattern=self.mp, refine=refine,
-                refine_pc=refine_pc, show_progressbar=False,
+                refine_pc=refine_pc, show_progressbar=False, compiled=compiled,
             )  # fmt: skip
 
         # Warm-up: torch's first-call costs, and the fallback dictionary for this map's
@@ -290,13 +302,23 @@ class _Bench:
         ours(True)
         cnn, cnn_seconds, peak = _timed(lambda: ours(False))
         self.score(condition, truth, "ebsdnet CNN", cnn, cnn_seconds, peak)
-        xmap, seconds, peak = _timed(lambda: ours(True))
-        self.score(condition, truth, "ebsdnet CNN + refinement", xmap, seconds, peak)
+        variants = [(False, "")]
+        if self.compiled:  # index's default for maps of COMPILE_MIN_PATTERNS and more
+            variants.append((True, ", compiled"))
+            self._warm_compiled(ours)
+        for compiled, label in variants:
+            xmap, seconds, peak = _timed(lambda compiled=compiled: ours(True, compiled=compiled))
+            self.score(condition, truth, f"ebsdnet CNN + refinement{label}", xmap, seconds, peak)
         if any(condition.stated_pc_error):
-            xmap, seconds, peak = _timed(lambda: ours(True, refine_pc=True))
+            compiled = self.compiled
+            if compiled:
+                ours(True, refine_pc=True, compiled=True)  # its own compiled variants
+            xmap, seconds, peak = _timed(lambda: ours(True, refine_pc=True, compiled=compiled))
+            label = ", compiled" if compiled else ""
             self.score(
-                condition, truth, "ebsdnet CNN + refinement + PC refinement", xmap, seconds, peak
-            )
+                condition, truth, f"ebsdnet CNN + refinement + PC refinement{label}", xmap,
+                seconds, peak,
+            )  # fmt: skip
 
         detector = signal.detector
         single_pc = detector.deepcopy()
@@ -350,16 +372,19 @@ def run_bench(
     conditions: tuple[Condition, ...] = CONDITIONS,
     map_size: int | None = None,
     resolutions: tuple[float, ...] | None = None,
+    compiled: bool = True,
 ) -> dict:
     """Run every method on every condition; write JSON, Markdown and a plot into ``out``.
 
     ``quick``: 16×16 maps and the 2° dictionary; otherwise 40×40 maps and
     dictionaries at 2° and 1.4°. ``map_size`` and ``resolutions`` override these.
+    ``compiled``: also time refinement through ``torch.compile`` (its compile
+    timed apart).
     """
     out.mkdir(parents=True, exist_ok=True)
     size = map_size or (16 if quick else 40)
     resolutions = resolutions or ((2.0,) if quick else (2.0, 1.4))
-    bench = _Bench(model, resolutions)
+    bench = _Bench(model, resolutions, compiled)
     workdir = Path(tempfile.mkdtemp(prefix="ebsdnet-bench-"))
     try:
         maps = _test_maps(conditions, size, bench.nominal.pc, bench.mp, workdir)
@@ -375,6 +400,7 @@ def run_bench(
         "model": model,
         "conditions": [asdict(c) for c in conditions],
         "dictionary_build_s": bench.build_seconds,
+        "compile_s": bench.compile_seconds,
         "results": [{**asdict(r), "patterns_per_s": r.rate} for r in results],
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -403,7 +429,14 @@ def _markdown(report: dict, results: list[Result], conditions, figure: str) -> s
         "set above the level before the step. Dictionaries are simulated before the timed steps "
         "and timed apart (kikuchipy's one per map PC): "
         + ", ".join(f"{k}: {v:.0f} s" for k, v in report["dictionary_build_s"].items())
-        + ".",
+        + "."
+        + (
+            f" Rows marked *compiled* refine through `torch.compile`, as `ebsdnet index` does "
+            f"by default for maps of {COMPILE_MIN_PATTERNS:,} patterns or more; its compile "
+            f"({report['compile_s']:.0f} s, once per process) is timed apart."
+            if report.get("compile_s") is not None
+            else ""
+        ),
         "",
         f"![mean error against dose, per method]({figure})",
     ]
@@ -444,7 +477,8 @@ def _plot(results: list[Result], conditions, path: Path) -> None:
     series.sort(key=lambda c: float("inf") if c.dose is None else c.dose)
     labels = ["noise-free" if c.dose is None else f"{c.dose:g}" for c in series]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    methods = list(dict.fromkeys(r.method for r in results))
+    # Compiled rows repeat their eager twins' errors.
+    methods = [m for m in dict.fromkeys(r.method for r in results) if "compiled" not in m]
     for method in methods:
         means = []
         for c in series:

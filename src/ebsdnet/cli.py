@@ -230,6 +230,7 @@ def cmd_index(args) -> None:
             refine=not args.no_refine, refine_pc=args.refine_pc,
             min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
             progress_folder=progress, show_progressbar=not args.quiet,
+            precision=args.precision, compiled={"on": True, "off": False}.get(args.compile),
         )  # fmt: skip
         save_map(xmap, out)
         shutil.rmtree(progress, ignore_errors=True)
@@ -265,6 +266,7 @@ def cmd_bench(args) -> None:
             quick=args.quick,
             model=args.model,
             benchmarks_md=Path(args.benchmarks) if args.benchmarks else None,
+            compiled=not args.no_compile,
         )
     except ModelFileError as exc:
         raise UserError(str(exc)) from exc
@@ -350,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="the CNN's arithmetic (auto: bfloat16 where the device has it natively)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="refine through torch.compile (auto: maps of 50,000 patterns or more)",
+    )
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument(
@@ -380,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="ni-60", help="model to measure (default: shipped ni-60)")
     p.add_argument(
         "--benchmarks", metavar="MD", help="also write the tables into this BENCHMARKS.md"
+    )
+    p.add_argument(
+        "--no-compile", action="store_true", help="skip the rows refined through torch.compile"
     )
     p.set_defaults(func=cmd_bench)
     return parser

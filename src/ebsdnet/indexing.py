@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ebsdnet.cards import load_model
 from ebsdnet.metrics import normalised_cross_correlation
-from ebsdnet.models import for_inference
+from ebsdnet.models import for_inference, inference_autocast
 from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
 from ebsdnet.projector import (
     DetectorGeometry,
@@ -59,6 +59,9 @@ REFINE_ITERATIONS = 3
 #: their iterations (orientation and PC move together, so they need more).
 PC_CALIBRATION_PATTERNS = 256
 PC_CALIBRATION_ITERATIONS = 10
+#: Maps from this size refine through torch.compile: its compile (20–70 s on 2 cores,
+#: once per process; less with inductor's on-disk cache warm) is then repaid.
+COMPILE_MIN_PATTERNS = 50_000
 
 
 class IndexingError(ValueError):
@@ -175,11 +178,12 @@ def _refine(
     refine_pc: bool,
     fallback_ncc: float | None,
     iterations: int,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Refine the CNN's candidates; where the NCC stays low, refine dictionary candidates too."""
     result = refine_orientations(
         patterns, candidates, projector, pcs, config, refine_pc=refine_pc,
-        max_iterations=iterations,
+        max_iterations=iterations, compiled=compiled,
     )  # fmt: skip
     q, pcs, ncc = result.quaternions, result.pcs, result.ncc
     if fallback_ncc is None:
@@ -193,7 +197,7 @@ def _refine(
     for start in starts.to(q.device).unbind(1):
         second = refine_orientations(
             patterns[low], start, projector, pcs[low], config, refine_pc=refine_pc,
-            max_iterations=iterations,
+            max_iterations=iterations, compiled=compiled,
         )  # fmt: skip
         better = second.ncc > ncc[low]
         kept = low[better]
@@ -296,6 +300,8 @@ def index(
     fallback_ncc: float | None = FALLBACK_NCC,
     progress_folder: str | Path | None = None,
     show_progressbar: bool | None = None,
+    precision: str = "auto",
+    compiled: bool | None = None,
 ):
     """Index a kikuchipy ``EBSD`` signal with a CNN (and refinement); return a ``CrystalMap``.
 
@@ -337,6 +343,14 @@ def index(
         Keep each finished batch's results here; batches already there (from
         an interrupted run with the same data, model and options) are not
         indexed again.
+    precision
+        The CNN's arithmetic: ``"auto"`` (bfloat16 where the device computes it
+        natively, else float32; see :func:`~ebsdnet.models.inference_autocast`),
+        ``"float32"`` or ``"bfloat16"``. Refinement is always float32.
+    compiled
+        Run refinement's projections through ``torch.compile`` (faster per
+        pattern, after a compile of tens of seconds); ``None``: only for maps of
+        at least ``COMPILE_MIN_PATTERNS`` patterns.
 
     Returns
     -------
@@ -363,6 +377,7 @@ def index(
     dev = pick_device(device)
     net, card = load_model(model, device=dev)
     net = for_inference(net)
+    cnn_precision = inference_autocast(dev, precision)
     model_shape = tuple(card["shape"])
     if master_pattern is None:
         master_pattern = MasterPattern.nickel()
@@ -383,6 +398,8 @@ def index(
     n = int(np.prod(nav_shape))
     if n == 0:
         raise IndexingError("the signal holds no patterns")
+    if compiled is None:
+        compiled = n >= COMPILE_MIN_PATTERNS
     detector = signal.detector
     pcs = _pattern_centres(detector, n, pc)
     _check_pc_range(pcs, card)
@@ -417,7 +434,8 @@ def index(
         bad = ~torch.isfinite(flat).all(1) | (flat.nan_to_num().std(1) < 1e-6)
         raw[bad] = 0.0
         patterns = preprocess(raw, config, static_background=bg_t, shape=model_shape).to(dev)
-        output = net(patterns)
+        with cnn_precision:
+            output = {key: value.float() for key, value in net(patterns).items()}
         q = net.to_quaternions(output)
         pc_batch = torch.from_numpy(pc_block).float().to(dev)
         if refine:
@@ -425,7 +443,7 @@ def index(
             candidates = net.all_quaternions(output) if hasattr(net, "all_quaternions") else q
             q_good, pc_good, ncc_good = _refine(
                 patterns[good], candidates[good], pc_batch[good], projector, config,
-                fit_pc, fallback_ncc, iterations,
+                fit_pc, fallback_ncc, iterations, compiled,
             )  # fmt: skip
             q[good], pc_batch[good] = q_good, pc_good
             score = torch.zeros(len(q), dtype=torch.float64)
@@ -440,7 +458,7 @@ def index(
         options = {
             "refine": refine, "refine_pc": refine_pc, "min_ncc": min_ncc,
             "fallback_ncc": fallback_ncc, "batch_size": batch_size,
-            "static_background": static_background,
+            "static_background": static_background, "precision": precision,
         }  # fmt: skip
         store = _FinishedBatches(Path(progress_folder), _run_settings(data, n, card, pcs, options))
     with torch.no_grad():

@@ -32,6 +32,7 @@ __all__ = [
     "Liu2016",
     "create_model",
     "for_inference",
+    "inference_autocast",
     "predict_quaternions",
 ]
 
@@ -77,6 +78,30 @@ def for_inference(model: nn.Module) -> nn.Module:
                 module[i] = fuse_conv_bn_eval(first, second)
                 module[i + 1] = nn.Identity()
     return model.to(memory_format=torch.channels_last)
+
+
+def inference_autocast(device: torch.device | str, precision: str = "auto"):
+    """The context the CNN runs in when indexing: bfloat16 autocast or plain float32.
+
+    ``"auto"`` takes bfloat16 where the device computes it natively (CPUs with
+    AVX512-BF16 or AMX, through oneDNN; CUDA GPUs that support it) and float32
+    elsewhere, where bfloat16 would be emulated and slower. Measured on ni-60,
+    2-core EPYC: 2.1× the patterns/s, mean error of the CNN alone 0.955° → 0.996°
+    (noise-free); refinement starts from it and ends where it ends from float32.
+    """
+    device = torch.device(device)
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision must be 'auto', 'float32' or 'bfloat16', not {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            try:
+                native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):
+                native = False
+        precision = "bfloat16" if native else "float32"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 @torch.no_grad()

@@ -267,6 +267,8 @@ class Projector(torch.nn.Module):
         """Each pixel's direction in the crystal frame, ``(B, P, 3)``."""
         directions = self.detector_directions(pc)  # (P, 3) or (B, P, 3)
         rot = quaternion_to_matrix(quaternions.to(self.u))  # (B, 3, 3)
+        if directions.ndim == 2:  # one (P, 3) @ (3, 3B) product: 5× a broadcast batched one
+            return torch.einsum("pj,bij->bpi", directions, rot)
         return directions @ rot.transpose(-1, -2)
 
     def forward(self, quaternions: Tensor, pc: Tensor | None = None) -> Tensor:
@@ -286,13 +288,17 @@ class Projector(torch.nn.Module):
         all pixels, since each pixel depends on its own direction alone.
         """
         crystal = self.crystal_directions(quaternions, pc).detach()
-        with torch.enable_grad():
-            crystal.requires_grad_(True)
-            intensity = self._sample(crystal)
-            (grad,) = torch.autograd.grad(intensity.sum(), crystal)
-        jac = torch.linalg.cross(crystal.detach(), grad, dim=-1)  # (B, P, 3)
+
+        def total(c: Tensor) -> tuple[Tensor, Tensor]:
+            intensity = self._sample(c)
+            return intensity.sum(), intensity
+
+        # torch.func rather than autograd.grad: the same backward pass, but one that
+        # torch.compile can trace (see refine), and that works under no_grad.
+        grad, (_, intensity) = torch.func.grad_and_value(total, has_aux=True)(crystal)
+        jac = torch.linalg.cross(crystal, grad, dim=-1)  # (B, P, 3)
         shape = self.geometry.shape
-        return intensity.detach().reshape(-1, *shape), jac.reshape(-1, *shape, 3)
+        return intensity.reshape(-1, *shape), jac.reshape(-1, *shape, 3)
 
     def _sample(self, crystal: Tensor) -> Tensor:
         """Bilinear look-up of crystal directions ``(B, P, 3)`` → intensities ``(B, P)``."""

@@ -31,7 +31,9 @@ the one whose re-projection correlates best is refined.
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +50,8 @@ from ebsdnet.rotations import (
 
 __all__ = ["RefineResult", "refine_orientations"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RefineResult:
@@ -60,29 +64,97 @@ class RefineResult:
     iterations: Tensor
 
 
-def _filter_columns(jac: Tensor, image_filter) -> Tensor:
-    """Apply a linear per-image filter ``(B, H, W) → (B, H, W)`` to each column of ``jac``."""
-    b, h, w, n = jac.shape
-    flat = jac.permute(0, 3, 1, 2).reshape(b * n, h, w)
-    return image_filter(flat).reshape(b, n, h, w).permute(0, 2, 3, 1)
-
-
 def _unit_with_jacobian(y: Tensor, jac: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-    """Blur ``y (B, H, W)`` by ``sigma``, make it a unit vector; carry ``jac`` along.
+    """Blur ``y (B, h, w)`` by ``sigma``, make it a unit vector; carry ``jac (B, n, h, w)`` along.
 
-    Returns ``u (B, P)`` and ``∂u/∂θ (B, P, n)``.
+    Returns ``u (B, P)`` and ``∂u/∂θ (B, n, P)``. Parameters before pixels: the
+    products ``JᵀJ`` and ``Jᵀr`` of such rows run 3× faster than of ``(B, P, n)``.
     """
+    b, n, h, w = jac.shape
     if sigma > 0:
         y = gaussian_blur(y, sigma)
-        jac = _filter_columns(jac, lambda x: gaussian_blur(x, sigma))
+        jac = gaussian_blur(jac.reshape(b * n, h, w), sigma).reshape(b, n, h, w)
     z = y.flatten(1)
     z = z - z.mean(1, keepdim=True)
     norm = z.norm(dim=1, keepdim=True).clamp_min(1e-12)
     u = z / norm
-    jz = jac.flatten(1, 2)
-    jz = jz - jz.mean(1, keepdim=True)
-    ju = (jz - u[..., None] * (u[:, None] @ jz)) / norm[..., None]
+    jz = jac.flatten(2)
+    jz = jz - jz.mean(2, keepdim=True)
+    ju = (jz - (jz @ u[..., None]) * u[:, None]) / norm[..., None]
     return u, ju
+
+
+def _moved(
+    q: Tensor, pc: Tensor, delta: Tensor, refine_pc: bool, pc_scale: float
+) -> tuple[Tensor, Tensor]:
+    """Rotate ``q`` by the angles ``delta[:, :3]`` (left), move the PC by ``delta[:, 3:]``."""
+    q_new = standardise_quaternion(quaternion_multiply(axis_angle_to_quaternion(delta[:, :3]), q))
+    return q_new, (pc + pc_scale * delta[:, 3:] if refine_pc else pc)
+
+
+def _simulate(
+    proj: Projector,
+    q: Tensor,
+    pc: Tensor,
+    preprocessing: PreprocessConfig,
+    jacobian: bool,
+    refine_pc: bool = False,
+    pc_scale: float = 0.0,
+    pc_step: float = 0.0,
+) -> tuple[Tensor, Tensor | None]:
+    """High-passed re-projections ``(A, h, w)``, with their Jacobian ``(A, n, h, w)`` or None."""
+    if not jacobian:
+        return remove_dynamic_background(proj(q, pc), preprocessing), None
+    x, jac = proj.with_jacobian(q, pc)
+    # The Jacobian skips the wide high-pass: it removes low frequencies, which the
+    # derivative of sharp bands hardly has (measured: same accuracy, 1.4× faster).
+    # The NCC that decides every step uses the exact conditioning.
+    y = remove_dynamic_background(x, preprocessing)
+    jac = jac.permute(0, 3, 1, 2).contiguous()
+    if refine_pc:
+        columns = []
+        for axis in range(3):
+            d = torch.zeros(len(q), 6, device=q.device)
+            d[:, 3 + axis] = pc_step
+            moved = proj(*_moved(q, pc, d, True, pc_scale))
+            columns.append((remove_dynamic_background(moved, preprocessing) - y) / pc_step)
+        jac = torch.cat((jac, torch.stack(columns, dim=1)), dim=1)
+    return y, jac
+
+
+class _Kernel:
+    """A function, run as is or through ``torch.compile`` (compiled once, on first use).
+
+    Compiled, the projection, its Jacobian and the conditioning run as a few fused
+    loops instead of dozens of whole-batch tensor operations: measured 2× faster on
+    these CPUs, after a compile of several seconds per variant (sigma, binning,
+    Jacobian or not) — worth it for large maps only. Where compiling fails (no C++
+    compiler, an unsupported device), the plain function runs, with one warning.
+    """
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.compiled = None
+        self.failed = False
+
+    def __call__(self, *args, compiled: bool = False):
+        if compiled and not self.failed:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.fn, dynamic=True)
+            try:
+                with warnings.catch_warnings():
+                    # Dynamo traces through preprocess's cached blur matrices, and says so.
+                    warnings.filterwarnings("ignore", message=".*lru_cache", category=UserWarning)
+                    return self.compiled(*args)
+            except Exception as exc:  # the compiler's own errors have no common base
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                log.warning("torch.compile failed (%s); refining without it", first)
+                self.failed = True
+        return self.fn(*args)
+
+
+_simulate_kernel = _Kernel(_simulate)
+_unit_kernel = _Kernel(_unit_with_jacobian)
 
 
 def refine_orientations(
@@ -97,6 +169,7 @@ def refine_orientations(
     coarse_levels: tuple[tuple[int, float], ...] = ((2, 1.0), (2, 0.0), (1, 1.0)),
     pc_scale: float = 0.005,
     pc_step: float = 0.2,
+    compiled: bool = False,
 ) -> RefineResult:
     """Refine orientations ``start`` against conditioned ``patterns``.
 
@@ -129,6 +202,9 @@ def refine_orientations(
         of the PC columns in parameter units (0.2 × 0.005 = a PC change of
         0.001). The damping scales with the diagonal of ``JᵀJ``, so the choice
         of units does not bias the steps.
+    compiled
+        Run the projections and their conditioning through ``torch.compile``
+        (same results to float rounding; pays off from some ten thousand patterns).
 
     Returns
     -------
@@ -141,15 +217,6 @@ def refine_orientations(
     n_params = 6 if refine_pc else 3
     tol = math.radians(tol_deg)
 
-    def highpass(x: Tensor) -> Tensor:
-        return remove_dynamic_background(x, preprocessing)
-
-    def moved(q: Tensor, pc_: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        q_new = standardise_quaternion(
-            quaternion_multiply(axis_angle_to_quaternion(delta[:, :3]), q)
-        )
-        return q_new, (pc_ + pc_scale * delta[:, 3:] if refine_pc else pc_)
-
     def divisible(factor: int) -> bool:
         return target.shape[-2] % factor == 0 and target.shape[-1] % factor == 0
 
@@ -157,21 +224,15 @@ def refine_orientations(
         t = rebin(target, (target.shape[-2] // factor, target.shape[-1] // factor))
         return unit_patterns(gaussian_blur(t, sigma) if sigma > 0 else t)
 
-    def simulate(proj: Projector, q: Tensor, pc_: Tensor) -> tuple[Tensor, Tensor]:
-        """High-passed re-projections ``(A, h, w)`` and their Jacobian ``(A, h, w, n)``."""
-        x, jac = proj.with_jacobian(q, pc_)
-        # The Jacobian skips the wide high-pass: it removes low frequencies, which the
-        # derivative of sharp bands hardly has (measured: same accuracy, 1.4× faster).
-        # The NCC that decides every step uses the exact conditioning.
-        y, jac_y = highpass(x), jac
-        if refine_pc:
-            pc_columns = []
-            for axis in range(3):
-                d = torch.zeros(len(q), 6, device=device)
-                d[:, 3 + axis] = pc_step
-                pc_columns.append((highpass(proj(*moved(q, pc_, d))) - y) / pc_step)
-            jac_y = torch.cat((jac_y, torch.stack(pc_columns, dim=-1)), dim=-1)
-        return y, jac_y
+    def simulate(proj: Projector, q: Tensor, pc_: Tensor, jacobian: bool = True):
+        return _simulate_kernel(
+            proj, q, pc_, preprocessing, jacobian, refine_pc, pc_scale, pc_step, compiled=compiled
+        )
+
+    def unit(y: Tensor, jac: Tensor | None, sigma: float) -> tuple[Tensor, Tensor | None]:
+        if jac is None:
+            return unit_patterns(gaussian_blur(y, sigma) if sigma > 0 else y), None
+        return _unit_kernel(y, jac, sigma, compiled=compiled)
 
     levels = [(f, sg) for f, sg in coarse_levels if divisible(f)] + [(1, 0.0)]
     with torch.no_grad():
@@ -179,13 +240,13 @@ def refine_orientations(
         if q.ndim == 3:  # (B, K, 4): keep each pattern's best candidate, judged coarsely
             k = q.shape[1]
             coarse = projector.binned(levels[0][0])
-            sims = highpass(coarse(q.reshape(-1, 4), pcs.repeat_interleave(k, 0)))
+            sims, _ = simulate(coarse, q.reshape(-1, 4), pcs.repeat_interleave(k, 0), False)
             sims = unit_patterns(sims).reshape(b, k, -1)
             scores = (sims * level_target(levels[0][0], 0.0)[:, None]).sum(-1)
             q = q[torch.arange(b, device=device), scores.argmax(1)]
         q0, pc0 = q.clone(), pcs.clone()
         t_full = level_target(1, 0.0)
-        ncc_start = (unit_patterns(highpass(projector(q, pcs))) * t_full).sum(1)
+        ncc_start = (unit_patterns(simulate(projector, q, pcs, False)[0]) * t_full).sum(1)
         iterations = torch.zeros(b, dtype=torch.long, device=device)
         eye = torch.eye(n_params, device=device)
         current_factor = None
@@ -195,30 +256,42 @@ def refine_orientations(
             if factor != current_factor:  # same binning: the last level's projections serve
                 y, jac = simulate(proj, q, pcs)
                 current_factor = factor
-            u, ju = _unit_with_jacobian(y, jac, sigma)
+            u, ju = unit(y, jac, sigma)
             ncc = (u * t_level).sum(1)
             damping = torch.full((b,), 1e-3, device=device)
             active = torch.ones(b, dtype=torch.bool, device=device)
-            for _ in range(max_iterations if level == len(levels) - 1 else 1):
+            last_level = level == len(levels) - 1
+            n_iterations = max_iterations if last_level else 1
+            for iteration in range(n_iterations):
                 idx = active.nonzero().squeeze(1)
                 if len(idx) == 0:
                     break
-                ja, ta, ua = ju[idx], t_level[idx], u[idx]
-                jtj = ja.transpose(1, 2) @ ja  # (A, n, n)
-                grad = (ja.transpose(1, 2) @ (ta - ua)[..., None])[..., 0]  # (A, n)
+                # A trial whose Jacobian no later step reads (the last of the refinement,
+                # or the last before another binning) is projected without one.
+                jacobian = not (
+                    iteration == n_iterations - 1
+                    and (last_level or levels[level + 1][0] != factor)
+                )
+                if len(idx) == b:  # all active: no gathered copies
+                    ja, ta, ua, qa, pca, ncca = ju, t_level, u, q, pcs, ncc
+                else:
+                    ja, ta, ua, qa, pca, ncca = (x[idx] for x in (ju, t_level, u, q, pcs, ncc))
+                jtj = ja @ ja.transpose(1, 2)  # (A, n, n)
+                grad = (ja @ (ta - ua)[..., None])[..., 0]  # (A, n)
                 diag = jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
                 lam = damping[idx, None, None] * torch.diag_embed(diag)
                 step = torch.linalg.solve(jtj + lam + 1e-12 * eye, grad)
-                step = step / ncc[idx, None].clamp(0.1, 1.0)  # NCC-scaled Gauss–Newton step
-                q_new, pc_new = moved(q[idx], pcs[idx], step)
-                y_new, jac_new = simulate(proj, q_new, pc_new)
-                u_new, ju_new = _unit_with_jacobian(y_new, jac_new, sigma)
+                step = step / ncca[:, None].clamp(0.1, 1.0)  # NCC-scaled Gauss–Newton step
+                q_new, pc_new = _moved(qa, pca, step, refine_pc, pc_scale)
+                y_new, jac_new = simulate(proj, q_new, pc_new, jacobian)
+                u_new, ju_new = unit(y_new, jac_new, sigma)
                 ncc_new = (u_new * ta).sum(1)
-                better = ncc_new > ncc[idx]
+                better = ncc_new > ncca
                 kept = idx[better]
-                q[kept], pcs[kept] = q_new[better], pc_new[better]
-                y[kept], jac[kept] = y_new[better], jac_new[better]
-                u[kept], ju[kept], ncc[kept] = u_new[better], ju_new[better], ncc_new[better]
+                q[kept], pcs[kept], y[kept] = q_new[better], pc_new[better], y_new[better]
+                u[kept], ncc[kept] = u_new[better], ncc_new[better]
+                if jacobian:
+                    jac[kept], ju[kept] = jac_new[better], ju_new[better]
                 damping[idx] = torch.where(better, damping[idx] / 4, damping[idx] * 8)
                 iterations[idx] += 1
                 small = step[:, :3].norm(dim=1) < tol
