@@ -210,3 +210,37 @@ def test_the_cnn_in_bfloat16_reads_what_it_reads_in_float32(sim_map):
             assert conv(x).dtype == dtype
     with pytest.raises(ValueError, match="precision"):
         inference_autocast("cpu", "float16")
+
+
+def test_a_two_worker_local_cluster_gives_the_single_process_map(sim_map, written, tmp_path):
+    """``--scheduler``: the batches run on a dask.distributed cluster, the map is the same."""
+    from distributed import LocalCluster
+    from orix import io
+
+    # Batches of 8: the 30 patterns make 4 tasks, spread over both workers.
+    single = index(sim_map, model=MODEL, batch_size=8, show_progressbar=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        spread = index(
+            sim_map, model=MODEL, batch_size=8, scheduler=cluster.scheduler_address,
+            show_progressbar=False,
+        )  # fmt: skip
+        out = tmp_path / "map.h5"
+        args = ["-q", "index", str(written / "map.h5"), "-o", str(out), "--batch-size", "8"]
+        code = main([*args, "--scheduler", cluster.scheduler_address])
+        assert code == 0
+    a, b = (torch.tensor(m.rotations.data) for m in (single, spread))
+    # Workers run one torch thread each: reductions may round differently, nothing more.
+    assert disorientation_deg(a, b, "m-3m").max() < 1e-3
+    assert np.allclose(single.prop["ncc"], spread.prop["ncc"], atol=1e-5)
+    assert np.array_equal(single.phase_id, spread.phase_id)
+    from_cli = torch.tensor(io.load(out).rotations.data)
+    assert disorientation_deg(from_cli, a, "m-3m").max() < 1e-3
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(written, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("ebsdnet.indexing.SCHEDULER_TIMEOUT_S", 2)
+    out = tmp_path / "map.ang"
+    args = ["-q", "index", str(written / "map.h5"), "-o", str(out)]
+    code = main([*args, "--scheduler", "tcp://127.0.0.1:9"])
+    assert code == 2 and not out.exists()
+    assert "cannot reach the dask scheduler" in capsys.readouterr().err

@@ -231,6 +231,7 @@ def cmd_index(args) -> None:
             min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
             progress_folder=progress, show_progressbar=not args.quiet,
             precision=args.precision, compiled={"on": True, "off": False}.get(args.compile),
+            scheduler=args.scheduler,
         )  # fmt: skip
         save_map(xmap, out)
         shutil.rmtree(progress, ignore_errors=True)
@@ -363,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "on", "off"),
         default="auto",
         help="refine through torch.compile (auto: maps of 50,000 patterns or more)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the batches on this dask.distributed scheduler (tcp://host:8786)",
     )
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,6 @@ import torch
 from torch import Tensor
 
 from ebsdnet.cards import load_model
-from ebsdnet.metrics import normalised_cross_correlation
 from ebsdnet.models import for_inference, inference_autocast
 from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
 from ebsdnet.projector import (
@@ -33,7 +33,7 @@ from ebsdnet.projector import (
     Projector,
     unphysical_pattern_centres,
 )
-from ebsdnet.refine import refine_orientations
+from ebsdnet.refine import match_ncc, refine_orientations
 
 __all__ = [
     "MIN_NCC",
@@ -62,6 +62,8 @@ PC_CALIBRATION_ITERATIONS = 10
 #: Maps from this size refine through torch.compile: its compile (20–70 s on 2 cores,
 #: once per process; less with inductor's on-disk cache warm) is then repaid.
 COMPILE_MIN_PATTERNS = 50_000
+#: Seconds to wait for a dask scheduler (``scheduler=``) before giving up.
+SCHEDULER_TIMEOUT_S = 30
 
 
 class IndexingError(ValueError):
@@ -286,6 +288,130 @@ def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
     return pcs + shift
 
 
+@dataclass
+class _BatchIndexer:
+    """What one batch's CNN and refinement need. Picklable: dask workers receive one
+    copy (``--scheduler``) and run batches exactly as the local loop does; each builds
+    its projector on first use."""
+
+    net: torch.nn.Module
+    master_pattern: MasterPattern
+    geometry: DetectorGeometry
+    config: PreprocessConfig
+    background: np.ndarray | None
+    model_shape: tuple[int, int]
+    device: str
+    precision: str
+    refine: bool
+    fallback_ncc: float | None
+    compiled: bool
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_projector", None)
+        return state
+
+    @property
+    def projector(self) -> Projector:
+        if "_projector" not in self.__dict__:
+            projector = Projector(self.master_pattern, self.geometry).to(self.device)
+            self.__dict__["_projector"] = projector
+        return self.__dict__["_projector"]
+
+    def run(self, raw: np.ndarray, pc_block: np.ndarray, fit_pc: bool, iterations: int):
+        """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
+        dev = torch.device(self.device)
+        raw = torch.from_numpy(np.asarray(raw)).float()
+        bg = None if self.background is None else torch.from_numpy(self.background)
+        # NaN/inf, constant or saturated patterns carry no orientation: mark them
+        # not indexed, and zero them so that they cannot disturb the batch.
+        flat = raw.flatten(1)
+        bad = ~torch.isfinite(flat).all(1) | (flat.nan_to_num().std(1) < 1e-6)
+        raw[bad] = 0.0
+        patterns = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
+        patterns = patterns.to(dev)
+        net = self.net.to(dev)
+        with inference_autocast(dev, self.precision):
+            output = {key: value.float() for key, value in net(patterns).items()}
+        q = net.to_quaternions(output)
+        pc_batch = torch.from_numpy(pc_block).float().to(dev)
+        if self.refine:
+            good = (~bad).nonzero().squeeze(1).to(dev)
+            candidates = net.all_quaternions(output) if hasattr(net, "all_quaternions") else q
+            q_good, pc_good, ncc_good = _refine(
+                patterns[good], candidates[good], pc_batch[good], self.projector, self.config,
+                fit_pc, self.fallback_ncc, iterations, self.compiled,
+            )  # fmt: skip
+            q[good], pc_batch[good] = q_good, pc_good
+            score = torch.zeros(len(q), dtype=torch.float64)
+            score[good.cpu()] = ncc_good.double().cpu()
+        else:
+            score = match_ncc(patterns, q, self.projector, pc_batch, self.config).double().cpu()
+        return q, pc_batch.double().cpu().numpy(), score, bad
+
+    def batch(self, raw: np.ndarray, pc_block: np.ndarray, min_ncc: float) -> dict:
+        """One batch of the map: ``quaternions``, ``ncc`` and ``not_indexed`` arrays."""
+        with torch.no_grad():
+            q, _, score, bad = self.run(raw, pc_block, False, REFINE_ITERATIONS)
+        bad |= score < min_ncc
+        return {
+            "quaternions": q.double().cpu().numpy(),
+            "ncc": torch.where(bad, 0.0, score).numpy().astype(np.float32),
+            "not_indexed": bad.numpy(),
+        }
+
+
+def _batch_on_worker(indexer: _BatchIndexer, raw, pc_block, min_ncc: float) -> dict:
+    """A dask task: one batch, with torch using the worker's threads (not every core)."""
+    from distributed import get_worker
+
+    torch.set_num_threads(max(1, int(getattr(get_worker().state, "nthreads", 1))))
+    return indexer.batch(raw, pc_block, min_ncc)
+
+
+def _batches_on_cluster(scheduler: str, indexer: _BatchIndexer, spans, read, pcs, min_ncc):
+    """Yield ``(start, stop, results)`` of the batches ``spans`` run on a dask cluster.
+
+    The indexer goes to every worker once; batches are read here and sent as they
+    are needed, at most two per worker thread in flight, so memory stays bounded.
+    """
+    from distributed import Client, as_completed
+
+    try:
+        client = Client(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise IndexingError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+    try:
+        [shared] = client.scatter([indexer], broadcast=True)
+        limit = 2 * max(1, sum(client.nthreads().values()))
+        todo = iter(spans)
+        where = {}
+        running = as_completed()
+
+        def submit_next() -> None:
+            span = next(todo, None)
+            if span is not None:
+                start, stop = span
+                future = client.submit(
+                    _batch_on_worker, shared, read(slice(start, stop)), pcs[start:stop],
+                    min_ncc, pure=False,
+                )  # fmt: skip
+                where[future.key] = span
+                running.add(future)
+
+        for _ in range(limit):
+            submit_next()
+        for future in running:
+            try:
+                results = future.result()
+            except Exception as exc:  # whatever a worker raised, reported in one line
+                raise IndexingError(f"a batch failed on the dask cluster: {exc}") from exc
+            yield *where.pop(future.key), results
+            submit_next()
+    finally:
+        client.close()
+
+
 def index(
     signal,
     model: str | Path = "ni-60",
@@ -302,6 +428,7 @@ def index(
     show_progressbar: bool | None = None,
     precision: str = "auto",
     compiled: bool | None = None,
+    scheduler: str | None = None,
 ):
     """Index a kikuchipy ``EBSD`` signal with a CNN (and refinement); return a ``CrystalMap``.
 
@@ -351,6 +478,10 @@ def index(
         Run refinement's projections through ``torch.compile`` (faster per
         pattern, after a compile of tens of seconds); ``None``: only for maps of
         at least ``COMPILE_MIN_PATTERNS`` patterns.
+    scheduler
+        Address of a dask.distributed scheduler (``tcp://host:8786``): batches
+        run on its workers (which need ebsdnet installed), the map is the same
+        as from a single process. Patterns are read here and sent to them.
 
     Returns
     -------
@@ -377,7 +508,7 @@ def index(
     dev = pick_device(device)
     net, card = load_model(model, device=dev)
     net = for_inference(net)
-    cnn_precision = inference_autocast(dev, precision)
+    inference_autocast(dev, precision)  # refuses an unknown precision before any work
     model_shape = tuple(card["shape"])
     if master_pattern is None:
         master_pattern = MasterPattern.nickel()
@@ -412,46 +543,21 @@ def index(
         azimuthal=float(detector.azimuthal),
         twist=float(detector.twist),
     )
-    projector = Projector(master_pattern, geometry).to(dev)
     config = PreprocessConfig(**card["preprocessing"])
-    bg = _static_background(signal, static_background)
-    bg_t = None if bg is None else torch.from_numpy(bg)
+    indexer = _BatchIndexer(
+        net=net, master_pattern=master_pattern, geometry=geometry, config=config,
+        background=_static_background(signal, static_background), model_shape=model_shape,
+        device=str(dev), precision=precision, refine=refine, fallback_ncc=fallback_ncc,
+        compiled=compiled,
+    )  # fmt: skip
     data = signal.data.reshape((n, *sig_shape))
 
-    def read(rows) -> Tensor:
+    def read(rows) -> np.ndarray:
         block = data[rows]
         try:
-            raw = np.asarray(block.compute() if hasattr(block, "compute") else block)
+            return np.asarray(block.compute() if hasattr(block, "compute") else block)
         except OSError as exc:  # h5py and the binary readers on damaged files
             raise IndexingError(f"cannot read patterns: {exc}") from exc
-        return torch.from_numpy(raw).float()
-
-    def run(raw: Tensor, pc_block: np.ndarray, fit_pc: bool, iterations: int):
-        """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
-        # NaN/inf, constant or saturated patterns carry no orientation: mark them
-        # not indexed, and zero them so that they cannot disturb the batch.
-        flat = raw.flatten(1)
-        bad = ~torch.isfinite(flat).all(1) | (flat.nan_to_num().std(1) < 1e-6)
-        raw[bad] = 0.0
-        patterns = preprocess(raw, config, static_background=bg_t, shape=model_shape).to(dev)
-        with cnn_precision:
-            output = {key: value.float() for key, value in net(patterns).items()}
-        q = net.to_quaternions(output)
-        pc_batch = torch.from_numpy(pc_block).float().to(dev)
-        if refine:
-            good = (~bad).nonzero().squeeze(1).to(dev)
-            candidates = net.all_quaternions(output) if hasattr(net, "all_quaternions") else q
-            q_good, pc_good, ncc_good = _refine(
-                patterns[good], candidates[good], pc_batch[good], projector, config,
-                fit_pc, fallback_ncc, iterations, compiled,
-            )  # fmt: skip
-            q[good], pc_batch[good] = q_good, pc_good
-            score = torch.zeros(len(q), dtype=torch.float64)
-            score[good.cpu()] = ncc_good.double().cpu()
-        else:
-            simulated = preprocess(projector(q, pc_batch), config)
-            score = normalised_cross_correlation(patterns, simulated).cpu()
-        return q, pc_batch.double().cpu().numpy(), score, bad
 
     store = None
     if progress_folder is not None:
@@ -464,32 +570,39 @@ def index(
     with torch.no_grad():
         if refine and refine_pc:
             saved = store.load("pcs") if store else None
-            pcs = saved["pcs"] if saved else _calibrated_pcs(pcs, read, run)
+            pcs = saved["pcs"] if saved else _calibrated_pcs(pcs, read, indexer.run)
             if store and not saved:
                 store.save("pcs", pcs=pcs)
         quaternions = np.empty((n, 4))
         ncc = np.empty(n, dtype=np.float32)
         not_indexed = np.zeros(n, dtype=bool)
         bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            name = f"batch{start:012d}"
-            done = store.load(name) if store else None
-            if done is None:
-                block = read(slice(start, stop))
-                q, _, score, bad = run(block, pcs[start:stop], False, REFINE_ITERATIONS)
-                bad |= score < min_ncc
-                done = {
-                    "quaternions": q.double().cpu().numpy(),
-                    "ncc": torch.where(bad, 0.0, score).numpy().astype(np.float32),
-                    "not_indexed": bad.numpy(),
-                }
-                if store:
-                    store.save(name, **done)
+
+        def keep(start: int, stop: int, done: dict) -> None:
             quaternions[start:stop] = done["quaternions"]
             ncc[start:stop] = done["ncc"]
             not_indexed[start:stop] = done["not_indexed"]
             bar.update(stop - start)
+
+        todo = []
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            done = store.load(f"batch{start:012d}") if store else None
+            if done is None:
+                todo.append((start, stop))
+            else:
+                keep(start, stop, done)
+        if scheduler is None:
+            finished = (
+                (start, stop, indexer.batch(read(slice(start, stop)), pcs[start:stop], min_ncc))
+                for start, stop in todo
+            )
+        else:
+            finished = _batches_on_cluster(scheduler, indexer, todo, read, pcs, min_ncc)
+        for start, stop, done in finished:
+            if store:
+                store.save(f"batch{start:012d}", **done)
+            keep(start, stop, done)
         bar.close()
 
     prop = {"ncc": ncc}

@@ -251,8 +251,11 @@ class Projector(torch.nn.Module):
         when the batch's pattern centres differ.
         """
         pc = self.default_pc if pc is None else pc.to(self.u)
-        if pc.ndim == 2 and not pc.requires_grad and bool((pc == pc[:1]).all()):
-            pc = pc[0]  # one PC for the batch: one set of directions, broadcast
+        # One PC for the batch: one set of directions, broadcast. (Not decided inside
+        # torch.compile, where a data-dependent branch breaks the graph; refine decides first.)
+        shared = pc.ndim == 2 and not pc.requires_grad and not torch.compiler.is_compiling()
+        if shared and bool((pc == pc[:1]).all()):
+            pc = pc[0]
         rows, cols = self.geometry.shape
         aspect = cols / rows
         pcx, pcy, pcz = pc[..., 0:1], pc[..., 1:2], pc[..., 2:3]

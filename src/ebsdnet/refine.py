@@ -48,7 +48,7 @@ from ebsdnet.rotations import (
     standardise_quaternion,
 )
 
-__all__ = ["RefineResult", "refine_orientations"]
+__all__ = ["RefineResult", "match_ncc", "refine_orientations"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,24 @@ _simulate_kernel = _Kernel(_simulate)
 _unit_kernel = _Kernel(_unit_with_jacobian)
 
 
+def match_ncc(
+    patterns: Tensor,
+    quaternions: Tensor,
+    projector: Projector,
+    pc: Tensor | None = None,
+    preprocessing: PreprocessConfig = PreprocessConfig(),
+) -> Tensor:
+    """The NCC ``(B,)`` of conditioned ``patterns`` with their re-projections at ``quaternions``.
+
+    The confidence of every indexed point, refined or not: re-projections get
+    the dynamic-background high-pass only (a clean simulation needs no outlier
+    clipping), as inside :func:`refine_orientations`.
+    """
+    with torch.no_grad():
+        simulated, _ = _simulate(projector, quaternions, pc, preprocessing, jacobian=False)
+        return (unit_patterns(simulated) * unit_patterns(patterns.to(simulated))).sum(1)
+
+
 def refine_orientations(
     patterns: Tensor,
     start: Tensor,
@@ -225,6 +243,8 @@ def refine_orientations(
         return unit_patterns(gaussian_blur(t, sigma) if sigma > 0 else t)
 
     def simulate(proj: Projector, q: Tensor, pc_: Tensor, jacobian: bool = True):
+        if compiled and len(pc_) and bool((pc_ == pc_[:1]).all()):
+            pc_ = pc_[0]  # one PC: one set of directions (decided outside the compiled code)
         return _simulate_kernel(
             proj, q, pc_, preprocessing, jacobian, refine_pc, pc_scale, pc_step, compiled=compiled
         )

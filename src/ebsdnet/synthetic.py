@@ -23,7 +23,7 @@ from ebsdnet.rotations import (
 )
 from ebsdnet.stream import random_quaternions
 
-__all__ = ["polycrystal_orientations", "simulate_map"]
+__all__ = ["detector_patterns", "polycrystal_orientations", "simulate_map"]
 
 
 def polycrystal_orientations(
@@ -59,6 +59,37 @@ def _detector_background(shape: tuple[int, int]) -> torch.Tensor:
     yy = torch.linspace(-1, 1, rows)[:, None]
     xx = torch.linspace(-1, 1, cols)[None, :]
     return 0.45 + 0.55 * torch.exp(-((xx - 0.1) ** 2 + (yy + 0.2) ** 2) / 1.2)
+
+
+def detector_patterns(
+    q: torch.Tensor,
+    geometry: DetectorGeometry,
+    master_pattern: MasterPattern,
+    contrast: float = 0.5,
+    dose: float | None = None,
+    seed: int = 0,
+    scale: float | None = None,
+) -> tuple[np.ndarray, float]:
+    """Patterns of orientations ``q`` as a detector records them: ``(N, h, w)`` uint8.
+
+    Bands of the given ``contrast`` on the fixed detector background, Poisson
+    noise at ``dose`` counts per pixel (``None``: none, seeded by ``seed``),
+    times ``scale`` grey levels per unit intensity (default: the brightest pixel
+    at 250). Returns the patterns and the scale, so that a map made block by
+    block can keep one.
+    """
+    with torch.no_grad():
+        projector = Projector(master_pattern, geometry)
+        clean = torch.cat([projector(c) for c in q.split(1024)])
+    lo = clean.amin((-2, -1), keepdim=True)
+    hi = clean.amax((-2, -1), keepdim=True)
+    bands = (clean - lo) / (hi - lo).clamp_min(1e-6)
+    signal = _detector_background(geometry.shape) * (1 - contrast + contrast * bands)
+    if dose is not None:
+        g = torch.Generator().manual_seed(seed)
+        signal = torch.poisson(signal * dose, generator=g) / dose
+    scale = 250 / float(signal.max()) if scale is None else scale
+    return (signal * scale).round().clamp(0, 255).to(torch.uint8).numpy(), scale
 
 
 def simulate_map(
@@ -98,18 +129,8 @@ def simulate_map(
 
     mp = master_pattern or MasterPattern.nickel()
     q, _ = polycrystal_orientations(shape, n_grains, seed, gradient_deg)
-    with torch.no_grad():
-        clean = torch.cat([Projector(mp, geometry)(c) for c in q.split(1024)])
-    lo = clean.amin((-2, -1), keepdim=True)
-    hi = clean.amax((-2, -1), keepdim=True)
-    bands = (clean - lo) / (hi - lo).clamp_min(1e-6)
+    data, scale = detector_patterns(q, geometry, mp, contrast, dose, seed + 1)
     background = _detector_background(geometry.shape)
-    signal = background * (1 - contrast + contrast * bands)
-    if dose is not None:
-        g = torch.Generator().manual_seed(seed + 1)
-        signal = torch.poisson(signal * dose, generator=g) / dose
-    scale = 250 / float(signal.max())
-    data = (signal * scale).round().clamp(0, 255).to(torch.uint8).numpy()
     rows, cols = shape
     data = data.reshape(rows, cols, *geometry.shape)
     detector = geometry.to_kikuchipy(pc=file_pc)
