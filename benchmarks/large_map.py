@@ -19,6 +19,7 @@ import argparse
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ def main() -> None:
         written_s = time.perf_counter() - t0
         gb = patterns.stat().st_size / 1e9
         print(f"wrote {patterns} ({gb:.2f} GB) in {written_s:.0f} s", flush=True)
-        command = [shutil.which("ebsdnet"), "index", str(patterns), "-o", str(result)]
+        command = [sys.executable, "-m", "ebsdnet.cli", "index", str(patterns), "-o", str(result)]
         proc = subprocess.run(
             ["/usr/bin/time", "-v", *command],
             capture_output=True,

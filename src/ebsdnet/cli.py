@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="final NCC below which a pattern is not indexed (default 0.1)",
     )
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=256, help="patterns per batch (256)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(
         "--precision",
