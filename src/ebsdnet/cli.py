@@ -268,6 +268,7 @@ def cmd_bench(args) -> None:
             model=args.model,
             benchmarks_md=Path(args.benchmarks) if args.benchmarks else None,
             compiled=not args.no_compile,
+            resolutions=tuple(args.resolutions) if args.resolutions else None,
         )
     except ModelFileError as exc:
         raise UserError(str(exc)) from exc
@@ -403,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-compile", action="store_true", help="skip the rows refined through torch.compile"
+    )
+    p.add_argument(
+        "--resolutions",
+        nargs="+",
+        type=float,
+        metavar="DEG",
+        help="kikuchipy dictionary resolutions (default 2.0 1.4; 1.4 needs ~8 GB more memory)",
     )
     p.set_defaults(func=cmd_bench)
     return parser
