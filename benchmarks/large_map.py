@@ -30,6 +30,7 @@ import torch
 from _report import machine, publish
 
 BLOCK = 100
+CONTRAST = 0.5
 
 
 def write_map(path: Path, size: int, dose: float, seed: int = 7) -> np.ndarray:
@@ -39,18 +40,18 @@ def write_map(path: Path, size: int, dose: float, seed: int = 7) -> np.ndarray:
     import kikuchipy as kp
 
     from ebsdnet.projector import DetectorGeometry, MasterPattern
-    from ebsdnet.synthetic import _detector_background, detector_patterns, polycrystal_orientations
+    from ebsdnet.synthetic import detector_patterns, polycrystal_orientations, static_background
 
     if size % BLOCK:
         raise SystemExit(f"--size must be a multiple of {BLOCK}")
     geometry = DetectorGeometry()
     mp = MasterPattern.nickel()
     q_block, _ = polycrystal_orientations((BLOCK, BLOCK), n_grains=125, seed=seed)
-    _, scale = detector_patterns(q_block[:256], geometry, mp, dose=dose, seed=seed)
+    _, scale = detector_patterns(q_block[:256], geometry, mp, CONTRAST, dose, seed)
     scale *= 0.9  # headroom: other blocks' brightest pixels
 
     def block(i: int, j: int) -> np.ndarray:
-        data, _ = detector_patterns(q_block, geometry, mp, dose=dose, seed=seed + 1 + i * 997 + j)
+        data, _ = detector_patterns(q_block, geometry, mp, CONTRAST, dose, seed + 1 + i * 997 + j)
         return data.reshape(BLOCK, BLOCK, *geometry.shape)
 
     shape = (BLOCK, BLOCK, *geometry.shape)
@@ -60,9 +61,10 @@ def write_map(path: Path, size: int, dose: float, seed: int = 7) -> np.ndarray:
         for i in range(tiles)
     ]
     data = da.block([[[[t]] for t in row] for row in rows])
-    static = (_detector_background(geometry.shape) * 0.75 * scale).round().to(torch.uint8)
     signal = kp.signals.LazyEBSD(
-        data, detector=geometry.to_kikuchipy(), static_background=static.numpy()
+        data,
+        detector=geometry.to_kikuchipy(),
+        static_background=static_background(geometry.shape, CONTRAST, scale),
     )
     signal.save(path, overwrite=True)
     truth = q_block.reshape(BLOCK, BLOCK, 4).repeat(tiles, tiles, 1)

@@ -240,7 +240,7 @@ def refine_orientations(
 
     def level_target(factor: int, sigma: float) -> Tensor:
         t = rebin(target, (target.shape[-2] // factor, target.shape[-1] // factor))
-        return unit_patterns(gaussian_blur(t, sigma) if sigma > 0 else t)
+        return unit_patterns(gaussian_blur(t, sigma))  # sigma 0: unchanged
 
     def simulate(proj: Projector, q: Tensor, pc_: Tensor, jacobian: bool = True):
         if compiled and len(pc_) and bool((pc_ == pc_[:1]).all()):
@@ -251,7 +251,7 @@ def refine_orientations(
 
     def unit(y: Tensor, jac: Tensor | None, sigma: float) -> tuple[Tensor, Tensor | None]:
         if jac is None:
-            return unit_patterns(gaussian_blur(y, sigma) if sigma > 0 else y), None
+            return unit_patterns(gaussian_blur(y, sigma)), None
         return _unit_kernel(y, jac, sigma, compiled=compiled)
 
     levels = [(f, sg) for f, sg in coarse_levels if divisible(f)] + [(1, 0.0)]

@@ -23,7 +23,7 @@ from ebsdnet.rotations import (
 )
 from ebsdnet.stream import random_quaternions
 
-__all__ = ["detector_patterns", "polycrystal_orientations", "simulate_map"]
+__all__ = ["detector_patterns", "polycrystal_orientations", "simulate_map", "static_background"]
 
 
 def polycrystal_orientations(
@@ -92,6 +92,16 @@ def detector_patterns(
     return (signal * scale).round().clamp(0, 255).to(torch.uint8).numpy(), scale
 
 
+def static_background(shape: tuple[int, int], contrast: float, scale: float) -> np.ndarray:
+    """The uint8 static background of patterns from :func:`detector_patterns`.
+
+    The detector background at the bands' mean level (half the contrast), in
+    the patterns' grey ``scale`` — what a real file's static background holds.
+    """
+    background = _detector_background(shape) * (1 - contrast / 2) * scale
+    return background.round().to(torch.uint8).numpy()
+
+
 def simulate_map(
     shape: tuple[int, int] = (10, 10),
     n_grains: int = 6,
@@ -130,7 +140,6 @@ def simulate_map(
     mp = master_pattern or MasterPattern.nickel()
     q, _ = polycrystal_orientations(shape, n_grains, seed, gradient_deg)
     data, scale = detector_patterns(q, geometry, mp, contrast, dose, seed + 1)
-    background = _detector_background(geometry.shape)
     rows, cols = shape
     data = data.reshape(rows, cols, *geometry.shape)
     detector = geometry.to_kikuchipy(pc=file_pc)
@@ -142,5 +151,5 @@ def simulate_map(
         y=yy.ravel().astype(float),
         phase_list=PhaseList(mp.phase) if mp.phase is not None else None,
     )
-    static = (background * (1 - contrast / 2) * scale).round().to(torch.uint8).numpy()
+    static = static_background(geometry.shape, contrast, scale)
     return kp.signals.EBSD(data, detector=detector, xmap=xmap, static_background=static)
