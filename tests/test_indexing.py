@@ -212,6 +212,29 @@ def test_the_cnn_in_bfloat16_reads_what_it_reads_in_float32(sim_map):
         inference_autocast("cpu", "float16")
 
 
+def test_the_compiled_cnn_reads_what_the_plain_one_reads(sim_map):
+    """``compiled`` runs the CNN and the NCC's projection through torch.compile: same map,
+    and one compiled network serves every later call (no recompiling per call)."""
+    from ebsdnet import indexing
+
+    plain = index(sim_map, model=MODEL, refine=False, show_progressbar=False)
+    maps = [
+        index(sim_map, model=MODEL, refine=False, compiled=True, show_progressbar=False)
+        for _ in range(2)
+    ]
+    a = torch.tensor(plain.rotations.data)
+    for xmap in maps:
+        b = torch.tensor(xmap.rotations.data)
+        diff = disorientation_deg(a, b, "m-3m")  # bfloat16 rounded in another order
+        assert diff.mean() < 0.15 and diff.max() < 1.0
+        same = (diff < 1e-4).numpy()  # same answer: the compiled NCC must equal the plain one
+        assert same.sum() >= len(same) // 3
+        assert np.allclose(plain.prop["ncc"][same], xmap.prop["ncc"][same], atol=1e-4)
+    assert len(indexing._CNN_KERNELS) == 1
+    [(_, kernel)] = indexing._CNN_KERNELS.values()
+    assert kernel.compiled is not None and not kernel.failed
+
+
 def test_a_two_worker_local_cluster_gives_the_single_process_map(sim_map, written, tmp_path):
     """``--scheduler``: the batches run on a dask.distributed cluster, the map is the same."""
     from distributed import LocalCluster

@@ -198,7 +198,10 @@ def _robust_standardise(x: Tensor) -> Tensor:
     median = flat.median(dim=-1, keepdim=True).values
     mad = 1.4826 * (flat - median).abs().median(dim=-1, keepdim=True).values
     # Very low doses can have MAD = 0 (most pixels one count); fall back to the std.
-    scale = torch.where(mad > 1e-6, mad, flat.std(dim=-1, keepdim=True)).clamp_min(1e-6)
+    flat_mad = mad <= 1e-6
+    if flat_mad.any():  # the std costs as much as a median: only where needed
+        mad = torch.where(flat_mad, flat.std(dim=-1, keepdim=True), mad)
+    scale = mad.clamp_min(1e-6)
     return ((flat - median) / scale).reshape(x.shape)
 
 

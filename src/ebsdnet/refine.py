@@ -130,27 +130,46 @@ class _Kernel:
     these CPUs, after a compile of several seconds per variant (sigma, binning,
     Jacobian or not) — worth it for large maps only. Where compiling fails (no C++
     compiler, an unsupported device), the plain function runs, with one warning.
+
+    ``dynamic=False`` compiles one graph per input shape; ``freezing`` lets the
+    compiler treat a module's weights as constants (inference only: it folds and
+    prepacks them, and fuses each convolution with its activation).
     """
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, dynamic: bool = True, freezing: bool = False) -> None:
         self.fn = fn
+        self.dynamic = dynamic
+        self.freezing = freezing
         self.compiled = None
         self.failed = False
 
     def __call__(self, *args, compiled: bool = False):
         if compiled and not self.failed:
+            from torch._inductor import config as inductor_config
+
             if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=True)
+                self.compiled = torch.compile(self.fn, dynamic=self.dynamic)
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), inductor_config.patch(freezing=self.freezing):
                     # Dynamo traces through preprocess's cached blur matrices, and says so.
                     warnings.filterwarnings("ignore", message=".*lru_cache", category=UserWarning)
                     return self.compiled(*args)
             except Exception as exc:  # the compiler's own errors have no common base
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                log.warning("torch.compile failed (%s); refining without it", first)
+                log.warning("torch.compile failed (%s); running without it", first)
                 self.failed = True
         return self.fn(*args)
+
+
+def _one_pc(pc: Tensor | None, compiled: bool) -> Tensor | None:
+    """``pc (B, 3)`` as one ``(3,)`` when all rows agree and the projection is compiled.
+
+    One PC means one set of detector directions; the projector decides that
+    itself when eager, but the decision must be made outside compiled code.
+    """
+    if compiled and pc is not None and pc.ndim == 2 and len(pc) and bool((pc == pc[:1]).all()):
+        return pc[0]
+    return pc
 
 
 _simulate_kernel = _Kernel(_simulate)
@@ -163,15 +182,19 @@ def match_ncc(
     projector: Projector,
     pc: Tensor | None = None,
     preprocessing: PreprocessConfig = PreprocessConfig(),
+    compiled: bool = False,
 ) -> Tensor:
     """The NCC ``(B,)`` of conditioned ``patterns`` with their re-projections at ``quaternions``.
 
     The confidence of every indexed point, refined or not: re-projections get
     the dynamic-background high-pass only (a clean simulation needs no outlier
-    clipping), as inside :func:`refine_orientations`.
+    clipping), as inside :func:`refine_orientations`. ``compiled``: project
+    through ``torch.compile``, as refinement does.
     """
     with torch.no_grad():
-        simulated, _ = _simulate(projector, quaternions, pc, preprocessing, jacobian=False)
+        simulated, _ = _simulate_kernel(
+            projector, quaternions, _one_pc(pc, compiled), preprocessing, False, compiled=compiled
+        )
         return (unit_patterns(simulated) * unit_patterns(patterns.to(simulated))).sum(1)
 
 
@@ -243,11 +266,10 @@ def refine_orientations(
         return unit_patterns(gaussian_blur(t, sigma))  # sigma 0: unchanged
 
     def simulate(proj: Projector, q: Tensor, pc_: Tensor, jacobian: bool = True):
-        if compiled and len(pc_) and bool((pc_ == pc_[:1]).all()):
-            pc_ = pc_[0]  # one PC: one set of directions (decided outside the compiled code)
         return _simulate_kernel(
-            proj, q, pc_, preprocessing, jacobian, refine_pc, pc_scale, pc_step, compiled=compiled
-        )
+            proj, q, _one_pc(pc_, compiled), preprocessing, jacobian, refine_pc, pc_scale,
+            pc_step, compiled=compiled,
+        )  # fmt: skip
 
     def unit(y: Tensor, jac: Tensor | None, sigma: float) -> tuple[Tensor, Tensor | None]:
         if jac is None:
