@@ -52,6 +52,11 @@ __all__ = ["RefineResult", "match_ncc", "refine_orientations"]
 
 log = logging.getLogger(__name__)
 
+#: Compiled variants allowed per kernel. Dynamo's default, 8, is too few: indexing a
+#: map with ``refine_pc`` compiles 14 of the projection (binning × Jacobian or not ×
+#: one or many PCs × PC columns), and past the limit dynamo runs the rest eager.
+RECOMPILE_LIMIT = 32
+
 
 @dataclass
 class RefineResult:
@@ -145,12 +150,17 @@ class _Kernel:
 
     def __call__(self, *args, compiled: bool = False):
         if compiled and not self.failed:
+            from torch._dynamo import config as dynamo_config
             from torch._inductor import config as inductor_config
 
             if self.compiled is None:
                 self.compiled = torch.compile(self.fn, dynamic=self.dynamic)
             try:
-                with warnings.catch_warnings(), inductor_config.patch(freezing=self.freezing):
+                with (
+                    warnings.catch_warnings(),
+                    inductor_config.patch(freezing=self.freezing),
+                    dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT),
+                ):
                     # Dynamo traces through preprocess's cached blur matrices, and says so.
                     warnings.filterwarnings("ignore", message=".*lru_cache", category=UserWarning)
                     return self.compiled(*args)
