@@ -5,8 +5,10 @@
 The shipped model on the same conditioned, noise-free simulated patterns
 (batches of 512), best of 5 runs after a warm-up: eager as trained; the
 indexer's inference copy (batch norms folded, channels-last); that copy in
-bfloat16 autocast; both through ``torch.compile``; ONNX Runtime on the CPU
-(rows skipped when ``onnxruntime`` and ``onnx`` are not installed: they are
+bfloat16 autocast; both through ``torch.compile``; on the CPU, as ``ebsdnet
+index`` compiles it (static shapes, frozen weights) in bfloat16 and in int8
+(torchao's PT2E quantization, calibrated on simulated patterns); ONNX Runtime
+on the CPU (rows skipped when ``onnxruntime`` and ``onnx`` are not installed: they are
 not dependencies of ebsdnet). On CUDA, float16 autocast is measured too. The
 mean disorientation from the truth shows which variants are still correct;
 ``ebsdnet index`` uses the fastest correct one (``precision="auto"``).
@@ -24,9 +26,11 @@ import torch
 
 from _report import machine, publish
 from ebsdnet.cards import load_model
-from ebsdnet.models import for_inference
+from ebsdnet.indexing import int8_calibration
+from ebsdnet.models import for_inference, quantized_int8
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
+from ebsdnet.refine import _Kernel
 from ebsdnet.rotations import disorientation_deg
 from ebsdnet.stream import random_quaternions
 
@@ -95,11 +99,11 @@ def main() -> None:
     patterns = preprocess(clean, PreprocessConfig(**card["preprocessing"])).to(dev)
     fast = for_inference(net)
 
-    def quaternions(model, dtype=None):
+    def quaternions(model, dtype=None, head=None):
         def fn(x):
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 output = {k: v.float() for k, v in model(x).items()}
-            q = model.to_quaternions(output)
+            q = (head or model).to_quaternions(output)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return q.cpu()
@@ -121,6 +125,24 @@ def main() -> None:
             quaternions(compiled, torch.bfloat16),
         ),
     ]
+    if dev.type == "cpu":  # what `ebsdnet index` compiles: static shapes, weights frozen
+        frozen = _Kernel(fast, dynamic=False, freezing=True)
+        variants.append(
+            (
+                "inference copy, `torch.compile` with frozen weights, bfloat16 autocast",
+                quaternions(lambda x: frozen(x, compiled=True), torch.bfloat16, fast),
+            )
+        )
+        calibration = int8_calibration(
+            MasterPattern.nickel(), geometry, PreprocessConfig(**card["preprocessing"]), BATCH
+        )
+        int8 = _Kernel(quantized_int8(fast, calibration, BATCH), dynamic=False, freezing=True)
+        variants.append(
+            (
+                "int8 (torchao PT2E), `torch.compile` with frozen weights, bfloat16 autocast",
+                quaternions(lambda x: int8(x, compiled=True), torch.bfloat16, fast),
+            )
+        )
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         if dev.type == "cpu":

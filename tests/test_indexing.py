@@ -217,11 +217,9 @@ def test_the_compiled_cnn_reads_what_the_plain_one_reads(sim_map):
     and one compiled network serves every later call (no recompiling per call)."""
     from ebsdnet import indexing
 
-    plain = index(sim_map, model=MODEL, refine=False, show_progressbar=False)
-    maps = [
-        index(sim_map, model=MODEL, refine=False, compiled=True, show_progressbar=False)
-        for _ in range(2)
-    ]
+    options = {"model": MODEL, "refine": False, "precision": "bfloat16", "show_progressbar": False}
+    plain = index(sim_map, **options)
+    maps = [index(sim_map, compiled=True, **options) for _ in range(2)]
     a = torch.tensor(plain.rotations.data)
     for xmap in maps:
         b = torch.tensor(xmap.rotations.data)
@@ -233,6 +231,31 @@ def test_the_compiled_cnn_reads_what_the_plain_one_reads(sim_map):
     assert len(indexing._CNN_KERNELS) == 1
     [(_, kernel)] = indexing._CNN_KERNELS.values()
     assert kernel.compiled is not None and not kernel.failed
+
+
+def test_the_int8_cnn_of_compiled_maps_reads_what_the_float_one_reads(sim_map, written, tmp_path):
+    """Compiled on a CPU, ``auto`` quantizes the CNN to int8: its answers stay those of
+    the float network (measured: mean 0.98° vs 0.98° noise-free), the refined map too."""
+    from ebsdnet import indexing
+    from ebsdnet.models import resolve_precision
+
+    assert resolve_precision("cpu", "auto", compiled=True) == "int8"
+    truth = torch.tensor(sim_map.xmap.rotations.data)
+    plain = index(sim_map, model=MODEL, refine=False, show_progressbar=False)
+    int8 = index(sim_map, model=MODEL, refine=False, compiled=True, show_progressbar=False)
+    [(key, _)] = indexing._CNN_KERNELS.items()
+    assert key[1] == 256  # the int8 graph, for whole batches of 256
+    a, b = (torch.tensor(m.rotations.data) for m in (plain, int8))
+    assert disorientation_deg(a, b, "m-3m").mean() < 0.3
+    err_plain = disorientation_deg(a, truth, "m-3m").mean()
+    assert disorientation_deg(b, truth, "m-3m").mean() < err_plain + 0.2
+    refined = index(sim_map, model=MODEL, compiled=True, show_progressbar=False)
+    assert disorientation_deg(torch.tensor(refined.rotations.data), truth, "m-3m").mean() < 0.1
+    with pytest.raises(ValueError, match="int8"):
+        index(sim_map, model=MODEL, precision="int8", compiled=False, show_progressbar=False)
+    args = ["-q", "index", str(written / "map.h5"), "-o", str(tmp_path / "m.ang")]
+    assert main([*args, "--precision", "int8", "--compile", "off"]) == 2
+    assert not (tmp_path / "m.ang").exists()
 
 
 def test_a_two_worker_local_cluster_gives_the_single_process_map(sim_map, written, tmp_path):

@@ -356,15 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(
         "--precision",
-        choices=("auto", "float32", "bfloat16"),
+        choices=("auto", "float32", "bfloat16", "int8"),
         default="auto",
-        help="the CNN's arithmetic (auto: bfloat16 where the device has it natively)",
+        help="the CNN's arithmetic (auto: int8 when compiled on a CPU, else bfloat16 where "
+        "the device has it natively; int8 needs --compile on)",
     )
     p.add_argument(
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
-        help="refine through torch.compile (auto: maps of 50,000 patterns or more)",
+        help="run the CNN and refinement through torch.compile (auto: maps of 50,000 "
+        "patterns or more)",
     )
     p.add_argument(
         "--scheduler",

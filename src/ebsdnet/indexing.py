@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ebsdnet.cards import load_model
-from ebsdnet.models import for_inference, inference_autocast
+from ebsdnet.models import for_inference, inference_autocast, quantized_int8, resolve_precision
 from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
 from ebsdnet.projector import (
     DetectorGeometry,
@@ -59,6 +59,9 @@ REFINE_ITERATIONS = 3
 #: their iterations (orientation and PC move together, so they need more).
 PC_CALIBRATION_PATTERNS = 256
 PC_CALIBRATION_ITERATIONS = 10
+#: Simulated patterns (and their seed) that set the int8 network's activation scales.
+INT8_CALIBRATION_PATTERNS = 512
+INT8_CALIBRATION_SEED = 20_000_000
 #: Maps from this size refine through torch.compile: its compile (20–70 s on 2 cores,
 #: once per process; less with inductor's on-disk cache warm) is then repaid.
 COMPILE_MIN_PATTERNS = 50_000
@@ -316,10 +319,11 @@ class _BatchIndexer:
     background: np.ndarray | None
     model_shape: tuple[int, int]
     device: str
-    precision: str
+    precision: str  # resolved: "int8", "bfloat16" or "float32"
     refine: bool
     fallback_ncc: float | None
     compiled: bool
+    batch_size: int
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -337,11 +341,43 @@ class _BatchIndexer:
     @property
     def cnn(self) -> _Kernel:
         """The network, compiled when ``compiled``: one graph per batch shape, weights
-        frozen (measured 1.3× the eager bfloat16 network on these CPUs; shape-generic
-        graphs of it fail to compile in bfloat16)."""
+        frozen (measured 1.13× the eager bfloat16 network on these CPUs; shape-generic
+        graphs of it fail to compile in bfloat16). In int8, one graph for batches of
+        ``batch_size`` (see :meth:`network`)."""
         if "_cnn" not in self.__dict__:
-            self.__dict__["_cnn"] = _cnn_kernel(self.net)
+            kernel = None
+            if self.precision == "int8":
+                try:
+                    kernel = _cnn_kernel(self.net, self.batch_size, self._calibration)
+                except Exception as exc:  # torchao's and export's errors have no common base
+                    self.precision = resolve_precision(self.device, "auto", compiled=False)
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+                    log.warning("int8 quantization failed (%s); the CNN runs in %s", first,
+                                self.precision)  # fmt: skip
+            self.__dict__["_cnn"] = kernel or _cnn_kernel(self.net, None, self._calibration)
         return self.__dict__["_cnn"]
+
+    def _calibration(self) -> torch.Tensor:
+        return int8_calibration(self.master_pattern, self.geometry, self.config, self.batch_size)
+
+    def network(self, patterns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The CNN's float32 output for conditioned ``patterns`` (any number)."""
+        dev = torch.device(self.device)
+        cnn = self.cnn  # built first: int8 falls back to another precision if it must
+        if self.precision != "int8":
+            with inference_autocast(dev, self.precision):
+                output = cnn(patterns, compiled=self.compiled)
+            return {key: value.float() for key, value in output.items()}
+        # The int8 graph takes whole batches of batch_size: pad the last with zeros.
+        outputs = []
+        for chunk in patterns.split(self.batch_size):
+            n = len(chunk)
+            if n < self.batch_size:
+                chunk = torch.cat([chunk, chunk.new_zeros(self.batch_size - n, *chunk.shape[1:])])
+            with inference_autocast(dev, "int8"):
+                output = cnn(chunk, compiled=True)
+            outputs.append({key: value[:n].float() for key, value in output.items()})
+        return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
     def run(self, raw: np.ndarray, pc_block: np.ndarray, fit_pc: bool, iterations: int):
         """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
@@ -357,9 +393,7 @@ class _BatchIndexer:
         patterns = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
         patterns = patterns.to(dev)
         net = self.net.to(dev)
-        with inference_autocast(dev, self.precision):
-            raw_output = self.cnn(patterns, compiled=self.compiled)
-        output = {key: value.float() for key, value in raw_output.items()}
+        output = self.network(patterns)
         q = net.to_quaternions(output)
         pc_batch = torch.from_numpy(pc_block).float().to(dev)
         if self.refine:
@@ -389,8 +423,25 @@ class _BatchIndexer:
         }
 
 
+def int8_calibration(
+    master_pattern: MasterPattern, geometry: DetectorGeometry, config: PreprocessConfig,
+    batch_size: int,
+) -> torch.Tensor:  # fmt: skip
+    """Conditioned patterns that set an int8 network's activation scales: about
+    ``INT8_CALIBRATION_PATTERNS`` (whole batches) from the training stream's default
+    degradations at this detector, seeded, so that every run quantizes alike."""
+    from ebsdnet.stream import PatternStream
+
+    stream = PatternStream(
+        master_pattern, geometry, batch_size=batch_size, preprocessing=config,
+        seed=INT8_CALIBRATION_SEED,
+    )  # fmt: skip
+    n_batches = max(1, -(-INT8_CALIBRATION_PATTERNS // batch_size))
+    return torch.cat([stream.batch(k)["patterns"] for k in range(n_batches)])
+
+
 _INFERENCE_NETS: dict[tuple[str, str], torch.nn.Module] = {}
-_CNN_KERNELS: dict[int, tuple[torch.nn.Module, _Kernel]] = {}
+_CNN_KERNELS: dict[tuple, tuple[torch.nn.Module, _Kernel]] = {}
 
 
 def _inference_copy(net: torch.nn.Module, card: dict, device: torch.device) -> torch.nn.Module:
@@ -404,12 +455,16 @@ def _inference_copy(net: torch.nn.Module, card: dict, device: torch.device) -> t
     return _INFERENCE_NETS[key]
 
 
-def _cnn_kernel(net: torch.nn.Module) -> _Kernel:
-    """The compilable network of an inference copy (one per copy, kept with it)."""
-    entry = _CNN_KERNELS.get(id(net))
+def _cnn_kernel(net: torch.nn.Module, int8_batch: int | None, calibration) -> _Kernel:
+    """The compilable network of an inference copy (one per copy, kept with it): the
+    copy itself, or with ``int8_batch`` its int8 graph for batches of that size,
+    calibrated on ``calibration()``."""
+    key = (id(net), int8_batch)
+    entry = _CNN_KERNELS.get(key)
     if entry is None or entry[0] is not net:
         _CNN_KERNELS.clear()
-        entry = _CNN_KERNELS[id(net)] = (net, _Kernel(net, dynamic=False, freezing=True))
+        model = net if int8_batch is None else quantized_int8(net, calibration(), int8_batch)
+        entry = _CNN_KERNELS[key] = (net, _Kernel(model, dynamic=False, freezing=True))
     return entry[1]
 
 
@@ -524,13 +579,14 @@ def index(
         an interrupted run with the same data, model and options) are not
         indexed again.
     precision
-        The CNN's arithmetic: ``"auto"`` (bfloat16 where the device computes it
-        natively, else float32; see :func:`~ebsdnet.models.inference_autocast`),
-        ``"float32"`` or ``"bfloat16"``. Refinement is always float32.
+        The CNN's arithmetic: ``"auto"`` (compiled on a CPU: int8; otherwise
+        bfloat16 where the device computes it natively, else float32; see
+        :func:`~ebsdnet.models.resolve_precision`), ``"float32"``, ``"bfloat16"``
+        or ``"int8"`` (CPU, compiled only). Refinement is always float32.
     compiled
-        Run refinement's projections through ``torch.compile`` (faster per
-        pattern, after a compile of tens of seconds); ``None``: only for maps of
-        at least ``COMPILE_MIN_PATTERNS`` patterns.
+        Run the CNN and refinement's projections through ``torch.compile``
+        (faster per pattern, after a compile of tens of seconds); ``None``: only
+        for maps of at least ``COMPILE_MIN_PATTERNS`` patterns.
     scheduler
         Address of a dask.distributed scheduler (``tcp://host:8786``): batches
         run on its workers (which need ebsdnet installed), the map is the same
@@ -561,7 +617,6 @@ def index(
     dev = pick_device(device)
     net, card = load_model(model, device=dev)
     net = _inference_copy(net, card, dev)
-    inference_autocast(dev, precision)  # refuses an unknown precision before any work
     model_shape = tuple(card["shape"])
     if master_pattern is None:
         master_pattern = MasterPattern.nickel()
@@ -584,6 +639,10 @@ def index(
         raise IndexingError("the signal holds no patterns")
     if compiled is None:
         compiled = n >= COMPILE_MIN_PATTERNS
+    try:
+        arithmetic = resolve_precision(dev, precision, compiled)
+    except ValueError as exc:
+        raise IndexingError(str(exc)) from None
     detector = signal.detector
     pcs = _pattern_centres(detector, n, pc)
     _check_pc_range(pcs, card)
@@ -600,8 +659,8 @@ def index(
     indexer = _BatchIndexer(
         net=net, master_pattern=master_pattern, geometry=geometry, config=config,
         background=_static_background(signal, static_background), model_shape=model_shape,
-        device=str(dev), precision=precision, refine=refine, fallback_ncc=fallback_ncc,
-        compiled=compiled,
+        device=str(dev), precision=arithmetic, refine=refine, fallback_ncc=fallback_ncc,
+        compiled=compiled, batch_size=batch_size,
     )  # fmt: skip
     data = signal.data.reshape((n, *sig_shape))
 

@@ -161,8 +161,12 @@ class _Kernel:
                     inductor_config.patch(freezing=self.freezing),
                     dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT),
                 ):
-                    # Dynamo traces through preprocess's cached blur matrices, and says so.
+                    # Dynamo traces through preprocess's cached blur matrices, and says so;
+                    # inductor's int8 lowering copies a tensor the way torch warns against.
                     warnings.filterwarnings("ignore", message=".*lru_cache", category=UserWarning)
+                    warnings.filterwarnings(
+                        "ignore", message="To copy construct", category=UserWarning
+                    )
                     return self.compiled(*args)
             except Exception as exc:  # the compiler's own errors have no common base
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
