@@ -456,13 +456,15 @@ def _inference_copy(net: torch.nn.Module, card: dict, device: torch.device) -> t
 
 
 def _cnn_kernel(net: torch.nn.Module, int8_batch: int | None, calibration) -> _Kernel:
-    """The compilable network of an inference copy (one per copy, kept with it): the
-    copy itself, or with ``int8_batch`` its int8 graph for batches of that size,
-    calibrated on ``calibration()``."""
+    """The compilable network of an inference copy, kept with it: the copy itself, or
+    with ``int8_batch`` its int8 graph for batches of that size, calibrated on
+    ``calibration()``. Both stay while the copy is in use: a float run between two
+    compiled ones must not cost the int8 graph's quantization and compile again."""
     key = (id(net), int8_batch)
     entry = _CNN_KERNELS.get(key)
     if entry is None or entry[0] is not net:
-        _CNN_KERNELS.clear()
+        for old in [k for k, (kept, _) in _CNN_KERNELS.items() if kept is not net]:
+            del _CNN_KERNELS[old]  # another model's: its graphs serve no one now
         model = net if int8_batch is None else quantized_int8(net, calibration(), int8_batch)
         entry = _CNN_KERNELS[key] = (net, _Kernel(model, dynamic=False, freezing=True))
     return entry[1]
