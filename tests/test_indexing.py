@@ -260,6 +260,21 @@ def test_the_int8_cnn_of_compiled_maps_reads_what_the_float_one_reads(sim_map, w
     assert not (tmp_path / "m.ang").exists()
 
 
+def test_a_failing_int8_quantization_falls_back_with_one_warning(sim_map, monkeypatch, caplog):
+    from ebsdnet import indexing
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no int8 here")
+
+    monkeypatch.setattr(indexing, "quantized_int8", broken)
+    monkeypatch.setattr(indexing, "_CNN_KERNELS", {})
+    with caplog.at_level("WARNING", logger="ebsdnet.indexing"):
+        xmap = index(sim_map, model=MODEL, refine=False, compiled=True, show_progressbar=False)
+    assert caplog.text.count("int8 quantization failed (no int8 here)") == 1
+    truth = torch.tensor(sim_map.xmap.rotations.data)
+    assert disorientation_deg(torch.tensor(xmap.rotations.data), truth, "m-3m").mean() < 3.0
+
+
 def test_a_two_worker_local_cluster_gives_the_single_process_map(sim_map, written, tmp_path):
     """``--scheduler``: the batches run on a dask.distributed cluster, the map is the same."""
     from distributed import LocalCluster
