@@ -681,6 +681,11 @@ def index(
             "static_background": static_background, "precision": precision,
         }  # fmt: skip
         store = _FinishedBatches(Path(progress_folder), _run_settings(data, n, card, pcs, options))
+    if compiled and scheduler is None:
+        log.info(
+            "compiling the CNN (%s) and the projections: the first batch takes tens of seconds",
+            arithmetic,
+        )
     with torch.no_grad():
         if refine and refine_pc:
             saved = store.load("pcs") if store else None
