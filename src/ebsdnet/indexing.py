@@ -33,7 +33,7 @@ from ebsdnet.projector import (
     Projector,
     unphysical_pattern_centres,
 )
-from ebsdnet.refine import _Kernel, match_ncc, refine_orientations
+from ebsdnet.refine import _first_line, _Kernel, match_ncc, refine_orientations
 
 __all__ = [
     "MIN_NCC",
@@ -351,9 +351,10 @@ class _BatchIndexer:
                     kernel = _cnn_kernel(self.net, self.batch_size, self._calibration)
                 except Exception as exc:  # torchao's and export's errors have no common base
                     self.precision = resolve_precision(self.device, "auto", compiled=False)
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                    log.warning("int8 quantization failed (%s); the CNN runs in %s", first,
-                                self.precision)  # fmt: skip
+                    log.warning(
+                        "int8 quantization failed (%s); the CNN runs in %s", _first_line(exc),
+                        self.precision,
+                    )  # fmt: skip
             self.__dict__["_cnn"] = kernel or _cnn_kernel(self.net, None, self._calibration)
         return self.__dict__["_cnn"]
 

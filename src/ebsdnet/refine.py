@@ -169,10 +169,15 @@ class _Kernel:
                     )
                     return self.compiled(*args)
             except Exception as exc:  # the compiler's own errors have no common base
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                log.warning("torch.compile failed (%s); running without it", first)
+                log.warning("torch.compile failed (%s); running without it", _first_line(exc))
                 self.failed = True
         return self.fn(*args)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception in one line for a warning (compiler errors run to pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _one_pc(pc: Tensor | None, compiled: bool) -> Tensor | None:
