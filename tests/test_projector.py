@@ -4,7 +4,12 @@ import torch
 from orix.quaternion import Rotation
 
 from ebsdnet.metrics import normalised_cross_correlation
-from ebsdnet.projector import DetectorGeometry, Projector, lambert_coordinates
+from ebsdnet.projector import (
+    DetectorGeometry,
+    Projector,
+    lambert_coordinates,
+    resample_to_pattern_centre,
+)
 from ebsdnet.rotations import (
     axis_angle_to_quaternion,
     point_group_operators,
@@ -140,3 +145,30 @@ def test_binned_projector_sees_the_block_centres(master_pattern):
         aligned = normalised_cross_correlation(coarse(q), pooled)
         assert aligned.min() > 0.85
         assert (aligned > normalised_cross_correlation(coarse(q), shifted)).all()
+
+
+@pytest.mark.parametrize("shape", [(60, 60), (100, 120)])
+def test_resampling_to_another_pattern_centre_matches_its_projection(master_pattern, shape):
+    rows, cols = shape
+    projector = Projector(master_pattern, DetectorGeometry(shape=shape))
+    q = torch.from_numpy(Rotation.random(16).data).float()
+    target = torch.tensor([0.425, 0.213, 0.501])
+    at_target = projector(q, target)
+    inner = (slice(None), slice(6, -6), slice(6, -6))  # what both detectors see
+
+    def ncc(a, b):
+        return normalised_cross_correlation(a[inner], b[inner])
+
+    # A PC one pixel right and one up: the same image shifted by whole pixels.
+    pc = target + torch.tensor([1 / cols, -1 / rows, 0.0])
+    resampled = resample_to_pattern_centre(projector(q, pc), pc, target)
+    assert ncc(resampled, at_target).min() > 0.9999
+    # Sub-pixel moves and another distance, one PC per pattern: bilinear reading of
+    # sharp bands loses a little, not resampling loses most.
+    pcs = target + 0.02 * (2 * torch.rand(16, 3, generator=torch.Generator().manual_seed(1)) - 1)
+    recorded = projector(q, pcs)
+    resampled = resample_to_pattern_centre(recorded, pcs, target)
+    better, unmoved = ncc(resampled, at_target), ncc(recorded, at_target)
+    assert better.min() > 0.85 and (better > unmoved).all()
+    assert better.mean() > unmoved.mean() + 0.3
+    assert resample_to_pattern_centre(at_target, target, target) is at_target

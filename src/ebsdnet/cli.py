@@ -163,7 +163,7 @@ def cmd_evaluate(args) -> None:
     geometry = DetectorGeometry(shape=tuple(card["shape"]), pc=tuple(card["pc_nominal"]))
     jitter = (card["pc_range"][0][1] - card["pc_range"][0][0]) / 2
     sets = held_out_sets(mp, geometry, args.n, seed=args.seed, pc_jitter=jitter)
-    figures = evaluate(model, sets, card["point_group"], device)
+    figures = evaluate(model, sets, card["point_group"], device, tuple(card["pc_nominal"]))
     for name, f in figures.items():
         print(
             f"{name:>13}: mean {f['mean']:.3f}°, median {f['median']:.3f}°, p90 {f['p90']:.3f}°, "
@@ -177,6 +177,8 @@ def cmd_evaluate(args) -> None:
         card["held_out"] = {
             "command": f"ebsdnet evaluate {args.model} --n {args.n} --seed {args.seed}",
             "conditions": {
+                "pattern_centre": "each pattern's PC is known: patterns are resampled from it "
+                "to the nominal PC before the CNN, as ebsdnet index does",
                 "noise_free": "no noise, nominal PC",
                 "moderate": f"dose 100 counts/pixel, PC jitter ±{jitter:g}",
                 "detector_like": "dose 50–300, blur 0.5–1.5 px, band contrast fading towards "

@@ -30,6 +30,7 @@ __all__ = [
     "MasterPattern",
     "Projector",
     "lambert_coordinates",
+    "resample_to_pattern_centre",
     "unphysical_pattern_centres",
 ]
 
@@ -49,6 +50,45 @@ def unphysical_pattern_centres(pcs) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         physical = np.isfinite(pcs).all(1) & (x >= 0) & (x <= 1) & (y >= 0) & (y <= 1) & (z > 0)
     return ~physical
+
+
+def resample_to_pattern_centre(patterns: Tensor, pc: Tensor, target: Tensor) -> Tensor:
+    """Patterns ``(B, H, W)`` recorded at pattern centres ``pc`` (``(3,)`` or ``(B, 3)``,
+    Bruker) as the same detector would record them at pattern centre ``target`` ``(3,)``.
+
+    The detector plane keeps its tilt, so a pixel's gnomonic coordinates are
+    ``((u − PCx) / PCz, (v − PCy) / PCz)`` up to the aspect ratio, and moving the
+    pattern centre only scales and shifts the image: each target pixel reads the
+    recorded pattern at ``u = PCx + (u₀ − targetx) · PCz / targetz`` (``v`` alike),
+    bilinearly. What the recorded detector did not see reads 0, a conditioned
+    pattern's mean. Patterns already at ``target`` come back unchanged.
+
+    Examples
+    --------
+    >>> p = torch.rand(2, 60, 60)
+    >>> pc = torch.tensor([0.425, 0.213, 0.501])
+    >>> bool((resample_to_pattern_centre(p, pc, pc) == p).all())
+    True
+    """
+    target = target.to(patterns)
+    pc = pc.to(patterns).expand(len(patterns), 3)
+    if bool((pc == target).all()):
+        return patterns
+    scale = pc[:, 2] / target[2]
+    # grid_sample's coordinates run from -1 to 1 over the image: x = 2u − 1.
+    shift_x = 2 * pc[:, 0] - 1 + scale * (1 - 2 * target[0])
+    shift_y = 2 * pc[:, 1] - 1 + scale * (1 - 2 * target[1])
+    zero = torch.zeros_like(scale)
+    theta = torch.stack(
+        (torch.stack((scale, zero, shift_x), -1), torch.stack((zero, scale, shift_y), -1)), 1
+    )
+    grid = torch.nn.functional.affine_grid(
+        theta, [len(patterns), 1, *patterns.shape[-2:]], align_corners=False
+    )
+    resampled = torch.nn.functional.grid_sample(
+        patterns[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return resampled[:, 0]
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ebsdnet.losses import compute_loss
 from ebsdnet.metrics import error_summary
 from ebsdnet.models import create_model, predict_quaternions
 from ebsdnet.preprocess import PreprocessConfig, preprocess
-from ebsdnet.projector import DetectorGeometry, MasterPattern
+from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_pattern_centre
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
 from ebsdnet.stream import NOISE_FREE, DegradationConfig, PatternStream
 
@@ -143,13 +143,23 @@ def held_out_sets(
 
 
 @torch.no_grad()
-def evaluate(model, sets: dict, point_group: str, device: torch.device) -> dict[str, dict]:
-    """Disorientation statistics of ``model`` on each validation set."""
+def evaluate(
+    model, sets: dict, point_group: str, device: torch.device,
+    pc_nominal: tuple[float, float, float] | None = None,
+) -> dict[str, dict]:  # fmt: skip
+    """Disorientation statistics of ``model`` on each validation set.
+
+    With ``pc_nominal`` (the model's), each set's patterns are first resampled from
+    their own pattern centres to it, as ``index`` does: the PC of a pattern is known.
+    """
     was_training = model.training
     model.eval()
     result = {}
     for name, batch in sets.items():
-        q_pred = predict_quaternions(model, batch["patterns"], batch_size=256, device=device)
+        patterns = batch["patterns"]
+        if pc_nominal is not None:
+            patterns = resample_to_pattern_centre(patterns, batch["pc"], torch.tensor(pc_nominal))
+        q_pred = predict_quaternions(model, patterns, batch_size=256, device=device)
         result[name] = error_summary(disorientation_deg(q_pred, batch["quaternions"], point_group))
     model.train(was_training)
     return result
@@ -280,7 +290,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         bar.update(1)
         last = step == cfg.steps
         if main_rank and (step % cfg.val_every == 0 or last):
-            figures = evaluate(model, val_sets, mp.point_group, device)
+            figures = evaluate(model, val_sets, mp.point_group, device, tuple(cfg.pc))
             history.append(
                 {
                     "step": step,
@@ -313,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         torch.distributed.destroy_process_group()
     if not main_rank or stopped_early:
         return None
-    figures = evaluate(model, val_sets, mp.point_group, device)
+    figures = evaluate(model, val_sets, mp.point_group, device, tuple(cfg.pc))
     card = {
         "phase": mp.phase_name,
         "point_group": mp.point_group,
