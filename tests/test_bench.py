@@ -41,3 +41,21 @@ def test_bench_runs_every_method_and_writes_its_reports(tmp_path):
     assert os.environ.get("NUMBA_CACHE_DIR") == cache_dir
     text = md.read_text()
     assert "old" not in text and "PyEBSDIndex Hough" in text and text.startswith("# b")
+
+
+def test_timing_keeps_the_fastest_of_the_repeats():
+    import time
+
+    from ebsdnet.bench import _timed
+
+    pauses = iter([0.05, 0.01, 0.03])
+    calls = []
+
+    def step():
+        time.sleep(next(pauses))
+        calls.append(1)
+        return len(calls)
+
+    value, seconds, peak = _timed(step, repeats=3)
+    assert value == 3 and len(calls) == 3
+    assert 0.01 <= seconds < 0.03 and peak >= 0

@@ -263,6 +263,8 @@ def cmd_bench(args) -> None:
     out = Path(args.out)
     if args.benchmarks and not Path(args.benchmarks).parent.is_dir():
         raise UserError(f"folder of {args.benchmarks} does not exist")
+    if args.repeats is not None and args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
     try:
         run_bench(
             out,
@@ -271,6 +273,7 @@ def cmd_bench(args) -> None:
             benchmarks_md=Path(args.benchmarks) if args.benchmarks else None,
             compiled=not args.no_compile,
             resolutions=tuple(args.resolutions) if args.resolutions else None,
+            repeats=args.repeats,
         )
     except ModelFileError as exc:
         raise UserError(str(exc)) from exc
@@ -415,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="DEG",
         help="kikuchipy dictionary resolutions (default 2.0 1.4; 1.4 needs ~8 GB more memory)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="time ebsdnet and Hough N times, keep the fastest (default 3; 1 with --quick)",
     )
     p.set_defaults(func=cmd_bench)
     return parser
