@@ -692,7 +692,8 @@ def index(
             "static_background": static_background, "precision": precision,
         }  # fmt: skip
         store = _FinishedBatches(Path(progress_folder), _run_settings(data, n, card, pcs, options))
-    if compiled and scheduler is None:
+    first_compile = (id(net), batch_size if arithmetic == "int8" else None) not in _CNN_KERNELS
+    if compiled and scheduler is None and first_compile:
         log.info(
             "compiling the CNN (%s) and the projections: the first batch takes tens of seconds",
             arithmetic,
