@@ -104,7 +104,6 @@ def test_liu2016_trains_on_its_periodic_loss(tmp_path):
     assert card["architecture"] == "liu2016"
 
 
-@pytest.mark.slow
 def _free_port() -> int:
     import socket
 
@@ -113,6 +112,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_learns_like_one(trained_run, tmp_path):
     """Two gloo processes of 32 patterns each learn like ``trained_run``'s one process of 64.
 
