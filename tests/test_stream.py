@@ -3,7 +3,7 @@ import torch
 
 from ebsdnet.metrics import normalised_cross_correlation
 from ebsdnet.preprocess import preprocess
-from ebsdnet.projector import DetectorGeometry, Projector
+from ebsdnet.projector import DetectorGeometry, Projector, resample_to_pattern_centre
 from ebsdnet.stream import (
     NOISE_FREE,
     DegradationConfig,
@@ -43,6 +43,19 @@ def test_noise_free_stream_equals_the_projector(master_pattern):
         clean = preprocess(Projector(master_pattern, geometry)(batch["quaternions"]))
     assert torch.allclose(batch["pc"], torch.tensor(geometry.pc).expand(16, 3))
     assert normalised_cross_correlation(batch["patterns"], clean).min() > 0.9999
+
+
+def test_stream_at_nominal_pc_resamples_what_it_simulated(master_pattern):
+    jittered = DegradationConfig(pc_jitter=0.03)
+    plain = PatternStream(master_pattern, batch_size=8, degradation=jittered, seed=4).batch(0)
+    known = PatternStream(
+        master_pattern, batch_size=8, degradation=jittered, seed=4, at_nominal_pc=True
+    ).batch(0)
+    assert torch.equal(plain["pc"], known["pc"])
+    assert not torch.equal(plain["pc"][0], plain["pc"][1])
+    nominal = torch.tensor(DetectorGeometry().pc)
+    expected = resample_to_pattern_centre(plain["patterns"], plain["pc"], nominal)
+    assert torch.equal(known["patterns"], expected)
 
 
 # Mean NCC of a preprocessed degraded pattern with its preprocessed clean source,

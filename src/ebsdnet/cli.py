@@ -318,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit-minutes", type=float, help="stop (resumably) after this")
     p.add_argument("--pc", nargs=3, type=float, metavar=("X", "Y", "Z"))
     p.add_argument("--pc-jitter", type=float, help="half-width of the PC range trained on")
+    p.add_argument(
+        "--pc-known",
+        action=argparse.BooleanOptionalAction,
+        help="train on patterns resampled to the nominal PC, as index shows them (default)",
+    )
     p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"))
     p.add_argument("--dose", nargs=2, type=float, metavar=("MIN", "MAX"))
     p.add_argument("--blur", nargs=2, type=float, metavar=("MIN", "MAX"), help="PSF, pixels")

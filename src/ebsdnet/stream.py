@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 
 from ebsdnet.preprocess import PreprocessConfig, gaussian_blur, preprocess
-from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
+from ebsdnet.projector import (
+    DetectorGeometry,
+    MasterPattern,
+    Projector,
+    resample_to_pattern_centre,
+)
 from ebsdnet.rotations import orix_point_group, quaternion_to_euler
 
 __all__ = [
@@ -189,7 +194,10 @@ class PatternStream(torch.utils.data.IterableDataset):
     """Endless (or ``n_batches``-long) stream of simulated, degraded, preprocessed batches.
 
     Each item is a dict ``{"patterns": (B, H, W), "quaternions": (B, 4), "pc": (B, 3)}``.
-    Use with ``DataLoader(stream, batch_size=None, num_workers=...)``.
+    Use with ``DataLoader(stream, batch_size=None, num_workers=...)``. With
+    ``at_nominal_pc`` the patterns, simulated at jittered pattern centres, come
+    resampled to the geometry's own PC, as :func:`ebsdnet.index` shows them to
+    the network (``pc`` still says where each was simulated).
 
     Examples
     --------
@@ -208,6 +216,7 @@ class PatternStream(torch.utils.data.IterableDataset):
         seed: int = 0,
         n_batches: int | None = None,
         first_batch: int = 0,
+        at_nominal_pc: bool = False,
     ) -> None:
         super().__init__()
         self.master_pattern = master_pattern or MasterPattern.nickel()
@@ -218,6 +227,7 @@ class PatternStream(torch.utils.data.IterableDataset):
         self.seed = seed
         self.n_batches = n_batches
         self.first_batch = first_batch
+        self.at_nominal_pc = at_nominal_pc
         self._projector: Projector | None = None
 
     def batch(self, k: int) -> dict[str, Tensor]:
@@ -235,6 +245,8 @@ class PatternStream(torch.utils.data.IterableDataset):
             keep_clean = torch.rand(b, generator=g) < self.degradation.clean_fraction
             raw = torch.where(keep_clean[:, None, None], clean, raw)
             patterns = preprocess(raw, self.preprocessing)
+            if self.at_nominal_pc:
+                patterns = resample_to_pattern_centre(patterns, pc, self._projector.default_pc)
         return {"patterns": patterns, "quaternions": q, "pc": pc}
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:

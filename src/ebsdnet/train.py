@@ -65,6 +65,10 @@ class TrainConfig:
     blur: tuple[float, float] = (0.0, 1.0)
     falloff: tuple[float, float] | None = None
     clean_fraction: float = 0.1
+    # Train on patterns resampled from their jittered PC to the nominal one, as index
+    # shows them to the network (models trained before this field existed saw them as
+    # simulated).
+    pc_known: bool = True
     dictionary: str | None = None
     init_from: str | None = None
     device: str = "auto"
@@ -223,8 +227,9 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         val_sets = {"dictionary_holdout": test}
     else:
         data = PatternStream(
-            mp, geometry, cfg.batch_size, degradation, preprocessing, seed=cfg.seed
-        )
+            mp, geometry, cfg.batch_size, degradation, preprocessing, seed=cfg.seed,
+            at_nominal_pc=cfg.pc_known,
+        )  # fmt: skip
         val_sets = (
             held_out_sets(mp, geometry, cfg.val_size, cfg.seed + 1_000_000, cfg.pc_jitter)
             if main_rank
