@@ -67,6 +67,19 @@ def test_tampered_weights_are_refused(trained_run, tmp_path):
         load_model(tmp_path / "model")
 
 
+def test_fine_tuning_starts_from_the_model_and_says_so(trained_run, tmp_path):
+    start = json.loads((trained_run / "model.json").read_text())
+    args = ["-q", "train", "-o", str(tmp_path), "--steps", "20", "--val-every", "20"]
+    args += ["--batch-size", "32", "--val-size", "128", "--dose", "1000", "3000"]
+    assert main([*args, "--init-from", str(trained_run / "model"), "--lr", "1e-4"]) == 0
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["initialised_from"]["weights_sha256"] == start["weights_sha256"]
+    assert card["initialised_from"]["steps"] == 400
+    assert card["architecture_args"] == start["architecture_args"]
+    # Twenty gentle steps keep what the 400 learnt (a fresh network is near 41°).
+    assert card["validation"]["noise_free"]["mean"] < 0.7 * RANDOM_MEAN_DEG
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path):
     args = ["-q", "train", "-o", str(tmp_path), "--steps", "30", "--val-every", "15", *TINY]
     # A time limit of ~0 stops the run after its first step, with a checkpoint.

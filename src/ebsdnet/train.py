@@ -349,4 +349,9 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         "validation": figures,
         "history": history,
     }
+    if cfg.init_from:  # what the run started from, so that the card tells the whole recipe
+        keys = ("name", "weights_sha256", "command", "steps", "samples_seen", "wall_time_s")
+        card["initialised_from"] = {key: start_card.get(key) for key in keys}
+        if "initialised_from" in start_card:  # a chain of fine-tunings
+            card["initialised_from"]["initialised_from"] = start_card["initialised_from"]
     return save_model(model, out / "model", card)
