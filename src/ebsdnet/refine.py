@@ -226,6 +226,8 @@ def refine_orientations(
     refine_pc: bool = False,
     max_iterations: int = 3,
     tol_deg: float = 0.005,
+    extra_iterations: int = 5,
+    moving_deg: float = 0.1,
     coarse_levels: tuple[tuple[int, float], ...] = ((2, 1.0), (2, 0.0), (1, 1.0)),
     pc_scale: float = 0.005,
     pc_step: float = 0.2,
@@ -250,8 +252,14 @@ def refine_orientations(
     refine_pc
         Also refine each pattern's centre (six parameters instead of three).
     max_iterations, tol_deg
-        Full-resolution iteration cap, and the rotation step (degrees) below
-        which a pattern is done.
+        Full-resolution iterations every pattern may take, and the rotation step
+        (degrees) below which a pattern is done.
+    extra_iterations, moving_deg
+        Further full-resolution iterations for the patterns still moving after
+        ``max_iterations``: whose last step was taken and larger than
+        ``moving_deg``. A start a few degrees off (a CNN answer on patterns unlike
+        its training data) needs them; under noise the others stop (steps below
+        0.04° after three iterations no longer change the mean error).
     coarse_levels
         ``(binning, blur σ in binned pixels)`` of one coarse iteration each,
         before the full-resolution iterations; the candidates are judged at
@@ -322,16 +330,21 @@ def refine_orientations(
             damping = torch.full((b,), 1e-3, device=device)
             active = torch.ones(b, dtype=torch.bool, device=device)
             last_level = level == len(levels) - 1
-            n_iterations = max_iterations if last_level else 1
+            n_iterations = max_iterations + extra_iterations if last_level else 1
             for iteration in range(n_iterations):
                 idx = active.nonzero().squeeze(1)
                 if len(idx) == 0:
                     break
                 # A trial whose Jacobian no later step reads (the last of the refinement,
-                # or the last before another binning) is projected without one.
+                # or the last before another binning, or the last every pattern takes:
+                # the few that go on get theirs then) is projected without one.
+                base_end = last_level and iteration == max_iterations - 1
                 jacobian = not (
-                    iteration == n_iterations - 1
-                    and (last_level or levels[level + 1][0] != factor)
+                    base_end
+                    or (
+                        iteration == n_iterations - 1
+                        and (last_level or levels[level + 1][0] != factor)
+                    )
                 )
                 if len(idx) == b:  # all active: no gathered copies
                     ja, ta, ua, qa, pca, ncca = ju, t_level, u, q, pcs, ncc
@@ -357,7 +370,16 @@ def refine_orientations(
                 iterations[idx] += 1
                 small = step[:, :3].norm(dim=1) < tol
                 done = (better & small) | (damping[idx] > 1e4)
+                if base_end:
+                    done |= ~(better & (step[:, :3].norm(dim=1) > math.radians(moving_deg)))
                 active[idx[done]] = False
+                if base_end and iteration < n_iterations - 1:
+                    going = active.nonzero().squeeze(1)
+                    if len(going):  # their Jacobian, skipped in the trial above
+                        y_g, jac_g = simulate(proj, q[going], pcs[going])
+                        u_g, ju_g = unit(y_g, jac_g, sigma)
+                        y[going], jac[going], u[going], ju[going] = y_g, jac_g, u_g, ju_g
+                        ncc[going] = (u_g * t_level[going]).sum(1)
         # The coarse levels may, rarely, end lower at full resolution: keep the start there.
         worse = ncc < ncc_start
         q[worse], pcs[worse], ncc[worse] = q0[worse], pc0[worse], ncc_start[worse]
