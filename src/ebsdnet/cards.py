@@ -21,7 +21,14 @@ from torch import nn
 
 from ebsdnet.models import create_model
 
-__all__ = ["ModelFileError", "card_path", "load_model", "pretrained_names", "save_model"]
+__all__ = [
+    "ModelFileError",
+    "card_path",
+    "load_model",
+    "pretrained_names",
+    "save_model",
+    "training_seconds",
+]
 
 PRETRAINED_DIR = "pretrained"
 
@@ -61,6 +68,19 @@ def save_model(model: nn.Module, path: str | Path, card: dict) -> Path:
     os.replace(tmp, weights)
     os.replace(tmp_card, card_file)
     return card_file
+
+
+def training_seconds(card: dict) -> float:
+    """Wall time that made a model: its own run plus those it was fine-tuned from.
+
+    >>> training_seconds({"wall_time_s": 60.0, "initialised_from": {"wall_time_s": 30.0}})
+    90.0
+    """
+    total = 0.0
+    while card:
+        total += float(card.get("wall_time_s") or 0.0)
+        card = card.get("initialised_from")
+    return total
 
 
 def pretrained_names() -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ebsdnet.baselines import build_dictionary
-from ebsdnet.cards import load_model
+from ebsdnet.cards import load_model, training_seconds
 from ebsdnet.metrics import error_summary, normalised_cross_correlation
 from ebsdnet.models import predict_quaternions
 from ebsdnet.plots import ipf_rgb, pattern_grid, pyplot
@@ -230,7 +230,7 @@ def run_demo(out: Path, quick: bool = True, model: str = "ni-60") -> None:
             seconds,
             err.numpy(),
         )
-    train_h = card.get("wall_time_s", float("nan")) / 3600
+    train_h = training_seconds(card) / 3600
     print(
         f"\nThe 2016 table, measured here on {n_test:,} noise-free simulated 60×60 Ni patterns\n"
         f"(dictionary: {len(dictionary):,} patterns at {resolution}°, built in {t_dict:.0f} s; "
