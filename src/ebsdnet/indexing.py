@@ -341,7 +341,7 @@ class _BatchIndexer:
     @property
     def cnn(self) -> _Kernel:
         """The network, compiled when ``compiled``: one graph per batch shape, weights
-        frozen (measured 1.13× the eager bfloat16 network on these CPUs; shape-generic
+        frozen (measured 1.13–1.25× the eager bfloat16 network on these CPUs; shape-generic
         graphs of it fail to compile in bfloat16). In int8, one graph for batches of
         ``batch_size`` (see :meth:`network`)."""
         if "_cnn" not in self.__dict__:
