@@ -470,14 +470,19 @@ def _cnn_kernel(net: torch.nn.Module, int8_batch: int | None, calibration) -> _K
     with ``int8_batch`` its int8 graph for batches of that size, calibrated on
     ``calibration()``. Both stay while the copy is in use: a float run between two
     compiled ones must not cost the int8 graph's quantization and compile again."""
-    key = (id(net), int8_batch)
-    entry = _CNN_KERNELS.get(key)
-    if entry is None or entry[0] is not net:
+    if not _cnn_kernel_kept(net, int8_batch):
         for old in [k for k, (kept, _) in _CNN_KERNELS.items() if kept is not net]:
             del _CNN_KERNELS[old]  # another model's: its graphs serve no one now
         model = net if int8_batch is None else quantized_int8(net, calibration(), int8_batch)
-        entry = _CNN_KERNELS[key] = (net, _Kernel(model, dynamic=False, freezing=True))
-    return entry[1]
+        _CNN_KERNELS[(id(net), int8_batch)] = (net, _Kernel(model, dynamic=False, freezing=True))
+    return _CNN_KERNELS[(id(net), int8_batch)][1]
+
+
+def _cnn_kernel_kept(net: torch.nn.Module, int8_batch: int | None) -> bool:
+    """Whether :func:`_cnn_kernel` already holds this network's kernel (no quantization
+    or compile to wait for)."""
+    entry = _CNN_KERNELS.get((id(net), int8_batch))
+    return entry is not None and entry[0] is net
 
 
 def _batch_on_worker(indexer: _BatchIndexer, raw, pc_block, min_ncc: float) -> dict:
@@ -692,7 +697,7 @@ def index(
             "static_background": static_background, "precision": precision,
         }  # fmt: skip
         store = _FinishedBatches(Path(progress_folder), _run_settings(data, n, card, pcs, options))
-    first_compile = (id(net), batch_size if arithmetic == "int8" else None) not in _CNN_KERNELS
+    first_compile = not _cnn_kernel_kept(net, batch_size if arithmetic == "int8" else None)
     if compiled and scheduler is None and first_compile:
         log.info(
             "compiling the CNN (%s) and the projections: the first batch takes tens of seconds",

@@ -375,11 +375,10 @@ def refine_orientations(
                 active[idx[done]] = False
                 if base_end and iteration < n_iterations - 1:
                     going = active.nonzero().squeeze(1)
-                    if len(going):  # their Jacobian, skipped in the trial above
-                        y_g, jac_g = simulate(proj, q[going], pcs[going])
-                        u_g, ju_g = unit(y_g, jac_g, sigma)
-                        y[going], jac[going], u[going], ju[going] = y_g, jac_g, u_g, ju_g
-                        ncc[going] = (u_g * t_level[going]).sum(1)
+                    if len(going):  # their Jacobian, skipped in the trial above (their
+                        # projection, unit pattern and NCC are that trial's, already kept)
+                        _, jac[going] = simulate(proj, q[going], pcs[going])
+                        _, ju[going] = unit(y[going], jac[going], sigma)
         # The coarse levels may, rarely, end lower at full resolution: keep the start there.
         worse = ncc < ncc_start
         q[worse], pcs[worse], ncc[worse] = q0[worse], pc0[worse], ncc_start[worse]
