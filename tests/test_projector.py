@@ -7,6 +7,7 @@ from ebsdnet.metrics import normalised_cross_correlation
 from ebsdnet.projector import (
     DetectorGeometry,
     Projector,
+    _atan_unit,
     lambert_coordinates,
     resample_to_pattern_centre,
 )
@@ -71,6 +72,11 @@ def test_symmetry_equivalent_rotations_give_the_same_pattern(master_pattern):
         for g in ops[1:]:
             other = projector(quaternion_multiply(g.expand_as(q), q))
             assert normalised_cross_correlation(base, other).min() >= 0.99
+
+
+def test_polynomial_atan_matches_torch():
+    r = torch.linspace(-1, 1, 200_001, dtype=torch.float64)
+    assert (_atan_unit(r) - torch.atan(r)).abs().max() < 3e-7
 
 
 def test_lambert_coordinates_cover_the_square():

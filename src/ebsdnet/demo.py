@@ -158,7 +158,7 @@ def _real_patterns(model, card: dict, dictionary, mp: MasterPattern) -> list[str
     """The nine real Ni patterns shipped in kikuchipy, against their stored orientations."""
     import kikuchipy as kp
 
-    from ebsdnet.indexing import index
+    from ebsdnet.indexing import MIN_NCC, index
 
     s = kp.data.nickel_ebsd_small()
     truth = torch.tensor(s.xmap.rotations.data)
@@ -180,7 +180,11 @@ def _real_patterns(model, card: dict, dictionary, mp: MasterPattern) -> list[str
         err = disorientation_deg(q, truth, card["point_group"])
         line = f"  {name}: mean {float(err.mean()):.2f}°, max {float(err.max()):.2f}°"
         if ncc is not None:
-            line += f"; NCC {float(ncc.prop['ncc'].min()):.2f}–{float(ncc.prop['ncc'].max()):.2f}"
+            indexed = ncc.phase_id >= 0
+            line += f"; {int(indexed.sum())} of {len(err)} indexed (NCC ≥ {MIN_NCC})"
+            if indexed.any():
+                scores = ncc.prop["ncc"][indexed]
+                line += f", NCC {float(scores.min()):.2f}–{float(scores.max()):.2f}"
         lines.append(line)
     return lines
 

@@ -192,11 +192,19 @@ def remove_dynamic_background(x: Tensor, config: PreprocessConfig) -> Tensor:
     return x - gaussian_blur(x, config.dynamic_sigma * x.shape[-1])
 
 
+#: Every how many pixels (row-major) :func:`_robust_standardise` takes its median and
+#: MAD from. A median of 900 of a 60×60 pattern's pixels has a standard error of
+#: some 0.04 of the noise's standard deviation, and costs a quarter (measured: 6.0 →
+#: 1.6 ms per 256 patterns): it only sets where outliers are clipped.
+ROBUST_STRIDE = 4
+
+
 def _robust_standardise(x: Tensor) -> Tensor:
     """Centre on the median and scale by the MAD: a few hot pixels cannot move them."""
     flat = x.flatten(-2)
-    median = flat.median(dim=-1, keepdim=True).values
-    mad = 1.4826 * (flat - median).abs().median(dim=-1, keepdim=True).values
+    sample = flat[..., ::ROBUST_STRIDE] if flat.shape[-1] >= 64 * ROBUST_STRIDE else flat
+    median = sample.median(dim=-1, keepdim=True).values
+    mad = 1.4826 * (sample - median).abs().median(dim=-1, keepdim=True).values
     # Very low doses can have MAD = 0 (most pixels one count); fall back to the std.
     flat_mad = mad <= 1e-6
     if flat_mad.any():  # the std costs as much as a median: only where needed

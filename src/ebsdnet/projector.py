@@ -36,6 +36,13 @@ __all__ = [
 
 _SQRT_PI = math.sqrt(math.pi)
 
+#: Coefficients of ``atan(r) ≈ r·Σ cₖ r²ᵏ`` on ``[-1, 1]``: a near-minimax fit
+#: (Lawson's reweighted least squares), error 2.5e-7 rad (3e-7 in float32).
+_ATAN_COEFFICIENTS = (
+    0.9999961115, -0.3331736794, 0.198078146, -0.1323333854, 0.0796236091,
+    -0.0336041668, 0.0068117758,
+)  # fmt: skip
+
 
 def unphysical_pattern_centres(pcs) -> np.ndarray:
     """Which Bruker PCs ``(N, 3)`` lie outside 0 ≤ x, y ≤ 1, z > 0 (or are not finite).
@@ -222,10 +229,29 @@ def lambert_coordinates(v: Tensor) -> Tensor:
     sign = torch.sign(major)
     # In [-1, 1] after dividing kikuchipy's coordinates by sqrt(π/2).
     along = sign * radius / math.sqrt(2)
-    across = sign * radius * (2 * math.sqrt(2) / math.pi) * torch.atan(minor / safe_major)
+    across = sign * radius * (2 * math.sqrt(2) / math.pi) * _atan_unit(minor / safe_major)
     big_x = torch.where(x_major, along, across)
     big_y = torch.where(x_major, across, along)
     return torch.stack((big_x, big_y), dim=-1)
+
+
+def _atan_unit(r: Tensor) -> Tensor:
+    """``atan`` of ``r`` in ``[-1, 1]`` as an odd polynomial (error < 3e-7 rad).
+
+    Every projection takes one per pixel, and compiled CPU code spent more on
+    ``atan`` than on the rest of the Lambert map (256 × 3,600 directions,
+    compiled: 10.4 ms with ``torch.atan``, 4.9 ms with this). Whole compiled
+    projections of 256 patterns, interleaved in one process: forward 10–25%
+    faster (14.1 → 10.7 ms; 18–20 → 16–18 ms with the high-pass); with the
+    Jacobian no consistent change (its compiled code varies more from one
+    compile to another). The error moves a look-up by less than 10⁻⁴ of a
+    texel of a 401-texel master pattern.
+    """
+    r2 = r * r
+    total = torch.full_like(r, _ATAN_COEFFICIENTS[-1])
+    for c in reversed(_ATAN_COEFFICIENTS[:-1]):
+        total = total * r2 + c
+    return r * total
 
 
 class Projector(torch.nn.Module):

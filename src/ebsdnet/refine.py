@@ -15,9 +15,10 @@ and patterns leave the batch once their step falls below ``tol_deg``.
 The rotation Jacobian comes from :meth:`Projector.with_jacobian` (one
 backward pass through the look-up, about twice a projection), pushed through
 the coarse levels' blur and the normalisation to a unit vector (not through
-the wide dynamic-background high-pass, which barely touches it). Each iteration projects once:
-the trial point's projection also gives the next Jacobian. Pattern-centre
-columns (``refine_pc``) come from forward differences.
+the wide dynamic-background high-pass, which barely touches it); a point is
+kept as its NCC and its normal equations ``JᵀJ``, ``Jᵀ(t − u)``. Each iteration
+projects once: the trial point's projection also gives the next Jacobian.
+Pattern-centre columns (``refine_pc``) come from forward differences.
 
 The first iterations (one per ``coarse_levels`` entry) match binned and
 blurred patterns: a start a degree or two off moves band edges by more than a
@@ -69,11 +70,17 @@ class RefineResult:
     iterations: Tensor
 
 
-def _unit_with_jacobian(y: Tensor, jac: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-    """Blur ``y (B, h, w)`` by ``sigma``, make it a unit vector; carry ``jac (B, n, h, w)`` along.
+def _normal_equations(
+    y: Tensor, jac: Tensor, target: Tensor, sigma: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The NCC and Gauss–Newton system of re-projections ``y (B, h, w)`` with their
+    Jacobian ``jac (B, n, h, w)`` against unit ``target (B, P)`` patterns.
 
-    Returns ``u (B, P)`` and ``∂u/∂θ (B, n, P)``. Parameters before pixels: the
-    products ``JᵀJ`` and ``Jᵀr`` of such rows run 3× faster than of ``(B, P, n)``.
+    ``y`` is blurred by ``sigma`` and made a unit vector ``u``, its Jacobian carried
+    along (``∂u/∂θ``, orthogonal to ``u``). Returns ``NCC (B,)``, ``JᵀJ (B, n, n)`` and
+    ``Jᵀ(t − u) (B, n)``: all refinement keeps of a point, rather than the
+    ``(B, n, P)`` Jacobian. Written as products and sums rather than matrix
+    products, so that a compiled kernel can fuse them with the normalisation.
     """
     b, n, h, w = jac.shape
     if sigma > 0:
@@ -85,8 +92,10 @@ def _unit_with_jacobian(y: Tensor, jac: Tensor, sigma: float) -> tuple[Tensor, T
     u = z / norm
     jz = jac.flatten(2)
     jz = jz - jz.mean(2, keepdim=True)
-    ju = (jz - (jz @ u[..., None]) * u[:, None]) / norm[..., None]
-    return u, ju
+    ju = (jz - (jz * u[:, None]).sum(2, keepdim=True) * u[:, None]) / norm[..., None]
+    jtj = (ju[:, :, None] * ju[:, None]).sum(-1)
+    grad = (ju * (target - u)[:, None]).sum(-1)
+    return (u * target).sum(1), jtj, grad
 
 
 def _moved(
@@ -192,7 +201,7 @@ def _one_pc(pc: Tensor | None, compiled: bool) -> Tensor | None:
 
 
 _simulate_kernel = _Kernel(_simulate)
-_unit_kernel = _Kernel(_unit_with_jacobian)
+_normal_kernel = _Kernel(_normal_equations)
 
 
 def match_ncc(
@@ -298,10 +307,8 @@ def refine_orientations(
             pc_step, compiled=compiled,
         )  # fmt: skip
 
-    def unit(y: Tensor, jac: Tensor | None, sigma: float) -> tuple[Tensor, Tensor | None]:
-        if jac is None:
-            return unit_patterns(gaussian_blur(y, sigma)), None
-        return _unit_kernel(y, jac, sigma, compiled=compiled)
+    def normal(y: Tensor, jac: Tensor, t: Tensor, sigma: float):
+        return _normal_kernel(y, jac, t, sigma, compiled=compiled)
 
     levels = [(f, sg) for f, sg in coarse_levels if divisible(f)] + [(1, 0.0)]
     with torch.no_grad():
@@ -325,11 +332,12 @@ def refine_orientations(
             if factor != current_factor:  # same binning: the last level's projections serve
                 y, jac = simulate(proj, q, pcs)
                 current_factor = factor
-            u, ju = unit(y, jac, sigma)
-            ncc = (u * t_level).sum(1)
+            ncc, jtj, grad = normal(y, jac, t_level, sigma)
             damping = torch.full((b,), 1e-3, device=device)
             active = torch.ones(b, dtype=torch.bool, device=device)
             last_level = level == len(levels) - 1
+            # The projections themselves are kept only for a next level of this binning.
+            keep_projections = not last_level and levels[level + 1][0] == factor
             n_iterations = max_iterations + extra_iterations if last_level else 1
             for iteration in range(n_iterations):
                 idx = active.nonzero().squeeze(1)
@@ -340,32 +348,32 @@ def refine_orientations(
                 # the few that go on get theirs then) is projected without one.
                 base_end = last_level and iteration == max_iterations - 1
                 jacobian = not (
-                    base_end
-                    or (
-                        iteration == n_iterations - 1
-                        and (last_level or levels[level + 1][0] != factor)
-                    )
+                    base_end or (iteration == n_iterations - 1 and not keep_projections)
                 )
                 if len(idx) == b:  # all active: no gathered copies
-                    ja, ta, ua, qa, pca, ncca = ju, t_level, u, q, pcs, ncc
+                    ta, qa, pca, ncca = t_level, q, pcs, ncc
+                    jtja, grada = jtj, grad
                 else:
-                    ja, ta, ua, qa, pca, ncca = (x[idx] for x in (ju, t_level, u, q, pcs, ncc))
-                jtj = ja @ ja.transpose(1, 2)  # (A, n, n)
-                grad = (ja @ (ta - ua)[..., None])[..., 0]  # (A, n)
-                diag = jtj.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
+                    ta, qa, pca, ncca, jtja, grada = (
+                        x[idx] for x in (t_level, q, pcs, ncc, jtj, grad)
+                    )  # fmt: skip
+                diag = jtja.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
                 lam = damping[idx, None, None] * torch.diag_embed(diag)
-                step = torch.linalg.solve(jtj + lam + 1e-12 * eye, grad)
+                step = torch.linalg.solve(jtja + lam + 1e-12 * eye, grada)
                 step = step / ncca[:, None].clamp(0.1, 1.0)  # NCC-scaled Gauss–Newton step
                 q_new, pc_new = _moved(qa, pca, step, refine_pc, pc_scale)
                 y_new, jac_new = simulate(proj, q_new, pc_new, jacobian)
-                u_new, ju_new = unit(y_new, jac_new, sigma)
-                ncc_new = (u_new * ta).sum(1)
+                if jacobian:
+                    ncc_new, jtj_new, grad_new = normal(y_new, jac_new, ta, sigma)
+                else:
+                    ncc_new = (unit_patterns(gaussian_blur(y_new, sigma)) * ta).sum(1)
                 better = ncc_new > ncca
                 kept = idx[better]
-                q[kept], pcs[kept], y[kept] = q_new[better], pc_new[better], y_new[better]
-                u[kept], ncc[kept] = u_new[better], ncc_new[better]
+                q[kept], pcs[kept], ncc[kept] = q_new[better], pc_new[better], ncc_new[better]
                 if jacobian:
-                    jac[kept], ju[kept] = jac_new[better], ju_new[better]
+                    jtj[kept], grad[kept] = jtj_new[better], grad_new[better]
+                if keep_projections:
+                    y[kept], jac[kept] = y_new[better], jac_new[better]
                 damping[idx] = torch.where(better, damping[idx] / 4, damping[idx] * 8)
                 iterations[idx] += 1
                 small = step[:, :3].norm(dim=1) < tol
@@ -375,10 +383,9 @@ def refine_orientations(
                 active[idx[done]] = False
                 if base_end and iteration < n_iterations - 1:
                     going = active.nonzero().squeeze(1)
-                    if len(going):  # their Jacobian, skipped in the trial above (their
-                        # projection, unit pattern and NCC are that trial's, already kept)
-                        _, jac[going] = simulate(proj, q[going], pcs[going])
-                        _, ju[going] = unit(y[going], jac[going], sigma)
+                    if len(going):  # their Jacobian, skipped in the trial above
+                        y_g, jac_g = simulate(proj, q[going], pcs[going])
+                        _, jtj[going], grad[going] = normal(y_g, jac_g, t_level[going], sigma)
         # The coarse levels may, rarely, end lower at full resolution: keep the start there.
         worse = ncc < ncc_start
         q[worse], pcs[worse], ncc[worse] = q0[worse], pc0[worse], ncc_start[worse]
