@@ -14,6 +14,7 @@ import argparse
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,7 +33,6 @@ def main() -> None:
     args = parser.parse_args()
     if not Path("/usr/bin/time").exists():
         raise SystemExit("needs GNU time at /usr/bin/time (Debian package 'time')")
-    ebsdnet = shutil.which("ebsdnet")
     folder = Path(tempfile.mkdtemp(prefix="ebsdnet-sim-"))
     path = folder / "dictionary.h5"
     try:
@@ -40,7 +40,9 @@ def main() -> None:
             [
                 "/usr/bin/time",
                 "-v",
-                ebsdnet,
+                sys.executable,  # this interpreter's ebsdnet, whether or not it is on PATH
+                "-m",
+                "ebsdnet.cli",
                 "-q",
                 "simulate",
                 "-o",
