@@ -202,6 +202,7 @@ ROBUST_STRIDE = 4
 def _robust_standardise(x: Tensor) -> Tensor:
     """Centre on the median and scale by the MAD: a few hot pixels cannot move them."""
     flat = x.flatten(-2)
+    # Patterns of fewer than 256 pixels keep them all: a median of under 64 would be rough.
     sample = flat[..., ::ROBUST_STRIDE] if flat.shape[-1] >= 64 * ROBUST_STRIDE else flat
     median = sample.median(dim=-1, keepdim=True).values
     mad = 1.4826 * (sample - median).abs().median(dim=-1, keepdim=True).values

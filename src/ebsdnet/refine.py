@@ -79,8 +79,10 @@ def _normal_equations(
     ``y`` is blurred by ``sigma`` and made a unit vector ``u``, its Jacobian carried
     along (``∂u/∂θ``, orthogonal to ``u``). Returns ``NCC (B,)``, ``JᵀJ (B, n, n)`` and
     ``Jᵀ(t − u) (B, n)``: all refinement keeps of a point, rather than the
-    ``(B, n, P)`` Jacobian. Written as products and sums rather than matrix
-    products, so that a compiled kernel can fuse them with the normalisation.
+    ``(B, n, P)`` Jacobian. Matrix products, not broadcast products and sums:
+    compiled both run alike, but eager the latter build a ``(B, n, n, P)``
+    temporary (measured with the PC columns, n = 6: 62 vs 133 ms per 256
+    patterns).
     """
     b, n, h, w = jac.shape
     if sigma > 0:
@@ -92,9 +94,9 @@ def _normal_equations(
     u = z / norm
     jz = jac.flatten(2)
     jz = jz - jz.mean(2, keepdim=True)
-    ju = (jz - (jz * u[:, None]).sum(2, keepdim=True) * u[:, None]) / norm[..., None]
-    jtj = (ju[:, :, None] * ju[:, None]).sum(-1)
-    grad = (ju * (target - u)[:, None]).sum(-1)
+    ju = (jz - (jz @ u[..., None]) * u[:, None]) / norm[..., None]
+    jtj = ju @ ju.transpose(1, 2)
+    grad = (ju @ (target - u)[..., None])[..., 0]
     return (u * target).sum(1), jtj, grad
 
 
