@@ -7,7 +7,8 @@ The shipped model on the same conditioned, noise-free simulated patterns
 indexer's inference copy (batch norms folded, channels-last); that copy in
 bfloat16 autocast; both through ``torch.compile``; on the CPU, as ``ebsdnet
 index`` compiles it (static shapes, frozen weights) in bfloat16 and in int8
-(torchao's PT2E quantization, calibrated on simulated patterns); ONNX Runtime
+(torchao's PT2E quantization, calibrated on simulated patterns), the latter also with
+the convolutions' GELUs in their sigmoid form (:func:`ebsdnet.models.sigmoid_gelu`); ONNX Runtime
 on the CPU (rows skipped when ``onnxruntime`` and ``onnx`` are not installed: they are
 not dependencies of ebsdnet). On CUDA, float16 autocast is measured too. The
 mean disorientation from the truth shows which variants are still correct;
@@ -27,7 +28,7 @@ import torch
 from _report import machine, publish
 from ebsdnet.cards import load_model
 from ebsdnet.indexing import int8_calibration
-from ebsdnet.models import for_inference, quantized_int8
+from ebsdnet.models import for_inference, quantized_int8, sigmoid_gelu
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 from ebsdnet.refine import _Kernel
@@ -141,6 +142,15 @@ def main() -> None:
             (
                 "int8 (torchao PT2E), `torch.compile` with frozen weights, bfloat16 autocast",
                 quaternions(lambda x: int8(x, compiled=True), torch.bfloat16, fast),
+            )
+        )
+        sigmoid = quantized_int8(sigmoid_gelu(fast), calibration, BATCH)
+        int8_sigmoid = _Kernel(sigmoid, dynamic=False, freezing=True)
+        variants.append(
+            (
+                "int8, GELUs in sigmoid form (as `ebsdnet index` runs it), compiled, frozen, "
+                "bfloat16 autocast",
+                quaternions(lambda x: int8_sigmoid(x, compiled=True), torch.bfloat16, fast),
             )
         )
     rows = []

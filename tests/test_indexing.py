@@ -188,6 +188,37 @@ def test_the_inference_copy_of_a_model_gives_its_answers():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
 
 
+def test_the_sigmoid_gelu_copy_computes_x_sigmoid_1702x_and_reads_alike():
+    """The int8 path's network: each convolution's GELU is x·σ(1.702x), written as a
+    SiLU between rescaled layers; the answers stay those of the exact GELUs."""
+    from ebsdnet.cards import load_model
+    from ebsdnet.models import Liu2016, for_inference, sigmoid_gelu
+
+    net, _ = load_model(MODEL)
+    fast = for_inference(net)
+    approx = sigmoid_gelu(fast)
+    assert not any(isinstance(m, torch.nn.SiLU) for m in fast.modules())  # original intact
+    assert sum(isinstance(m, torch.nn.SiLU) for m in approx.modules()) == len(fast.features)
+    x = torch.randn(8, 60, 60, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        # Exactly the sigmoid form, computed the plain way on the unscaled copy:
+        def sigmoid_form(module, args, output):
+            return args[0] * torch.sigmoid(1.702 * args[0])
+
+        hooks = [block[-1].register_forward_hook(sigmoid_form) for block in fast.features]
+        expected = fast(x)
+        for hook in hooks:
+            hook.remove()
+        a, b = fast(x), approx(x)
+        approximated = approx(x)
+    assert torch.allclose(approximated["sixd"], expected["sixd"], atol=1e-4)
+    qa, qb = fast.to_quaternions(a), approx.to_quaternions(b)
+    assert disorientation_deg(qa, qb, "m-3m").median() < 0.5
+    liu = Liu2016().eval()  # no GELUs: an exact copy
+    with torch.no_grad():
+        assert torch.equal(sigmoid_gelu(liu)(x[:2])["euler"], liu(x[:2])["euler"])
+
+
 def test_the_cnn_in_bfloat16_reads_what_it_reads_in_float32(sim_map):
     """``precision`` changes the CNN's arithmetic; its answers stay, the refined map too."""
     from ebsdnet.models import inference_autocast

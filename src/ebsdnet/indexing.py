@@ -25,7 +25,13 @@ import torch
 from torch import Tensor
 
 from ebsdnet.cards import load_model
-from ebsdnet.models import for_inference, inference_autocast, quantized_int8, resolve_precision
+from ebsdnet.models import (
+    for_inference,
+    inference_autocast,
+    quantized_int8,
+    resolve_precision,
+    sigmoid_gelu,
+)
 from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
 from ebsdnet.projector import (
     DetectorGeometry,
@@ -473,7 +479,10 @@ def _cnn_kernel(net: torch.nn.Module, int8_batch: int | None, calibration) -> _K
     if not _cnn_kernel_kept(net, int8_batch):
         for old in [k for k, (kept, _) in _CNN_KERNELS.items() if kept is not net]:
             del _CNN_KERNELS[old]  # another model's: its graphs serve no one now
-        model = net if int8_batch is None else quantized_int8(net, calibration(), int8_batch)
+        if int8_batch is None:
+            model = net
+        else:  # int8: GELUs in their sigmoid form, which runs inside oneDNN's convolutions
+            model = quantized_int8(sigmoid_gelu(net), calibration(), int8_batch)
         _CNN_KERNELS[(id(net), int8_batch)] = (net, _Kernel(model, dynamic=False, freezing=True))
     return _CNN_KERNELS[(id(net), int8_batch)][1]
 

@@ -37,6 +37,7 @@ __all__ = [
     "predict_quaternions",
     "quantized_int8",
     "resolve_precision",
+    "sigmoid_gelu",
 ]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -81,6 +82,45 @@ def for_inference(model: nn.Module) -> nn.Module:
                 module[i] = fuse_conv_bn_eval(first, second)
                 module[i + 1] = nn.Identity()
     return model.to(memory_format=torch.channels_last)
+
+
+#: ``a`` of the sigmoid form of GELU, ``x·σ(a·x)`` (Hendrycks & Gimpel, 2016).
+SIGMOID_GELU_SCALE = 1.702
+
+
+def sigmoid_gelu(model: nn.Module, scale: float = SIGMOID_GELU_SCALE) -> nn.Module:
+    """A copy of an inference copy (:func:`for_inference`) of an ``ebsdnet-s`` whose
+    convolutions' GELUs are replaced by their sigmoid form ``x·σ(1.702·x)``, written as
+    SiLUs: each convolution's weights and bias are scaled by ``a`` (then SiLU gives
+    ``a`` times the sigmoid GELU) and the layer after it divides its weights by ``a``.
+
+    Why: compiled to oneDNN's int8 kernels, a SiLU runs inside the convolution
+    (inductor fuses convolution + SiLU + quantize, not GELU), where a GELU is a separate
+    pass over every activation. Measured on ni-60, 2-core EPYC, 1,600-pattern maps:
+    the CNN alone 6–10% faster in int8; mean error noise-free 0.646° → 0.634°, dose 100
+    0.762° → 0.744°, dose 15 6.74° → 6.92° (float32: 0.595° → 0.590°). Models without
+    GELUs after their convolutions come back as a plain copy.
+    """
+    model = copy.deepcopy(model)
+    features = getattr(model, "features", None)
+    head = getattr(model, "head", None)
+    if not isinstance(features, nn.Sequential) or not isinstance(head, nn.Sequential):
+        return model
+    blocks = list(features)
+    if not all(
+        isinstance(b, nn.Sequential) and isinstance(b[0], nn.Conv2d) and isinstance(b[-1], nn.GELU)
+        and b[0].bias is not None and all(isinstance(m, nn.Identity) for m in list(b)[1:-1])
+        for b in blocks
+    ) or not isinstance(head[1], nn.Linear):  # fmt: skip
+        return model  # not a for_inference copy of ebsdnet-s: leave it exact
+    consumers = [b[0] for b in blocks[1:]] + [head[1]]  # each block feeds the next layer
+    with torch.no_grad():
+        for block, consumer in zip(blocks, consumers, strict=True):
+            block[0].weight.mul_(scale)
+            block[0].bias.mul_(scale)
+            block[-1] = nn.SiLU()
+            consumer.weight.div_(scale)
+    return model
 
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
