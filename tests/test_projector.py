@@ -137,6 +137,36 @@ def test_rotation_jacobian_matches_finite_differences(master_pattern):
             assert cos.min() > 0.99
 
 
+def test_pattern_centre_jacobian_matches_finite_differences(master_pattern):
+    """``pc_columns``: the derivatives w.r.t. the PC's components, from the same backward
+    pass as the rotation's; per-pattern PCs and one shared PC give the same columns."""
+    projector = Projector(master_pattern, DetectorGeometry())
+    q = torch.nn.functional.normalize(
+        torch.randn(8, 4, generator=torch.Generator().manual_seed(3)), dim=-1
+    )
+    pcs = projector.default_pc + 0.01 * torch.randn(
+        8, 3, generator=torch.Generator().manual_seed(4)
+    )
+    patterns, jac = projector.with_jacobian(q, pcs, pc_columns=True)
+    assert jac.shape == (8, 60, 60, 6)
+    _, rotation_only = projector.with_jacobian(q, pcs)
+    assert torch.equal(jac[..., :3], rotation_only)
+    with torch.no_grad():
+        assert torch.allclose(patterns, projector(q, pcs))
+        h = 1e-4
+        for axis in range(3):
+            d = torch.zeros(3)
+            d[axis] = h
+            fd = ((projector(q, pcs + d) - projector(q, pcs - d)) / (2 * h)).flatten(1)
+            analytic = jac[..., 3 + axis].flatten(1)
+            assert torch.nn.functional.cosine_similarity(fd, analytic, dim=1).min() > 0.99
+            assert torch.allclose(analytic.norm(dim=1), fd.norm(dim=1), rtol=0.02)
+    one = projector.default_pc
+    _, shared = projector.with_jacobian(q, one, pc_columns=True)
+    _, repeated = projector.with_jacobian(q, one.expand(8, 3).clone(), pc_columns=True)
+    assert torch.allclose(shared, repeated, atol=1e-6)
+
+
 def test_binned_projector_sees_the_block_centres(master_pattern):
     projector = Projector(master_pattern, DetectorGeometry())
     coarse = projector.binned(2)

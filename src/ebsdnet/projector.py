@@ -327,15 +327,28 @@ class Projector(torch.nn.Module):
         shared = pc.ndim == 2 and not pc.requires_grad and not torch.compiler.is_compiling()
         if shared and bool((pc == pc[:1]).all()):
             pc = pc[0]
-        rows, cols = self.geometry.shape
-        aspect = cols / rows
+        rays = self._rays(pc)
+        return rays / rays.norm(dim=-1, keepdim=True)
+
+    def _rays(self, pc: Tensor) -> Tensor:
+        """Source-to-pixel vectors ``(P, 3)`` or ``(B, P, 3)``, sample frame, unnormalised."""
         pcx, pcy, pcz = pc[..., 0:1], pc[..., 1:2], pc[..., 2:3]
         # Detector frame: x right, y up, z towards the source (kikuchipy's gnomonic frame).
         r_det = torch.stack(
-            (aspect * (self.u - pcx), pcy - self.v, pcz.expand_as(pcy - self.v)), dim=-1
+            (self._aspect * (self.u - pcx), pcy - self.v, pcz.expand_as(pcy - self.v)), dim=-1
         )
-        r_sample = r_det @ self.detector_to_sample.T
-        return r_sample / r_sample.norm(dim=-1, keepdim=True)
+        return r_det @ self.detector_to_sample.T
+
+    @property
+    def _aspect(self) -> float:
+        rows, cols = self.geometry.shape
+        return cols / rows
+
+    def _ray_pc_derivatives(self) -> Tensor:
+        """``(3, 3)``: row ``k`` is the change of every ray (sample frame) per unit of PC
+        component ``k`` (the rays are affine in the PC: the same for every pixel)."""
+        per_unit = torch.tensor([-self._aspect, 1.0, 1.0], dtype=self.u.dtype).to(self.u.device)
+        return (self.detector_to_sample * per_unit).T
 
     def crystal_directions(self, quaternions: Tensor, pc: Tensor | None = None) -> Tensor:
         """Each pixel's direction in the crystal frame, ``(B, P, 3)``."""
@@ -351,17 +364,31 @@ class Projector(torch.nn.Module):
         return self._sample(crystal).reshape(-1, *self.geometry.shape)
 
     def with_jacobian(
-        self, quaternions: Tensor, pc: Tensor | None = None
+        self, quaternions: Tensor, pc: Tensor | None = None, pc_columns: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """Patterns ``(B, H, W)`` and their derivatives ``(B, H, W, 3)`` w.r.t. a small rotation.
+        """Patterns ``(B, H, W)`` and their derivatives ``(B, H, W, 3)`` w.r.t. a small rotation
+        (``(B, H, W, 6)`` with ``pc_columns``: then also w.r.t. the PC's three components).
 
         The derivative is taken w.r.t. the angles ``δ`` (radians) of a rotation
         applied on the left, ``q ← exp(δ) q``. A pixel's crystal direction
         ``c`` then moves by ``δ × c``, so its derivative is ``c × ∇c``, with
         ``∇c`` the gradient of the look-up w.r.t. ``c`` — one backward pass for
-        all pixels, since each pixel depends on its own direction alone.
+        all pixels, since each pixel depends on its own direction alone. The PC
+        moves each pixel's ray ``r`` (unit ``d = r/|r|``, ``c = R d``) by a fixed
+        ``m_k`` per unit of component ``k``, so ``∂I/∂pc_k = g·(m_k − d (d·m_k))/|r|``
+        with ``g = Rᵀ∇c``: the same backward pass serves (instead of three more
+        projections for finite differences).
         """
-        crystal = self.crystal_directions(quaternions, pc).detach()
+        if pc_columns:
+            pc = self.default_pc if pc is None else pc.to(self.u)
+            rays = self._rays(pc)
+            length = rays.norm(dim=-1, keepdim=True)
+            directions = rays / length
+            rot = quaternion_to_matrix(quaternions.to(self.u))  # (B, 3, 3)
+            crystal = directions @ rot.transpose(-1, -2)
+        else:
+            crystal = self.crystal_directions(quaternions, pc)
+        crystal = crystal.detach()
 
         def total(c: Tensor) -> tuple[Tensor, Tensor]:
             intensity = self._sample(c)
@@ -371,8 +398,14 @@ class Projector(torch.nn.Module):
         # torch.compile can trace (see refine), and that works under no_grad.
         grad, (_, intensity) = torch.func.grad_and_value(total, has_aux=True)(crystal)
         jac = torch.linalg.cross(crystal, grad, dim=-1)  # (B, P, 3)
+        if pc_columns:
+            g = grad @ rot  # the gradient w.r.t. the sample-frame direction d
+            m = self._ray_pc_derivatives()
+            along = (g * directions).sum(-1, keepdim=True)  # g·d
+            jac_pc = (g @ m.T - along * (directions @ m.T)) / length  # (B, P, 3)
+            jac = torch.cat((jac, jac_pc), dim=-1)
         shape = self.geometry.shape
-        return intensity.reshape(-1, *shape), jac.reshape(-1, *shape, 3)
+        return intensity.reshape(-1, *shape), jac.reshape(-1, *shape, jac.shape[-1])
 
     def _sample(self, crystal: Tensor) -> Tensor:
         """Bilinear look-up of crystal directions ``(B, P, 3)`` → intensities ``(B, P)``."""
