@@ -99,8 +99,8 @@ def _linear_interpolation_matrix(n: int, scale: Tensor, shift: Tensor) -> Tensor
 
     Bilinear resampling with zero padding is separable: as the two products
     ``Ry · P · Rxᵀ`` it equals ``grid_sample`` (``align_corners=False``) to float
-    rounding, at a fraction of its cost on CPUs (measured: 9 ms → 1 ms per 256
-    patterns of 60×60).
+    rounding, at a fraction of its cost on CPUs (measured, per 256 patterns of
+    60×60: 10.8 → 2.6 ms with one PC for the batch, 10.5 → 8.6 ms with one each).
     """
     k = torch.arange(n, dtype=scale.dtype, device=scale.device)
     centres = (2 * k + 1) / n - 1
