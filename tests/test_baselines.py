@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ebsdnet.baselines import build_dictionary
@@ -6,8 +7,10 @@ from ebsdnet.projector import DetectorGeometry, Projector
 from ebsdnet.rotations import disorientation_deg
 
 
-def test_dictionary_finds_its_own_entries_and_ranks_them(master_pattern):
-    dictionary = build_dictionary(8.0, master_pattern, DetectorGeometry())
+@pytest.mark.parametrize("binning", [1, 2])
+def test_dictionary_finds_its_own_entries_and_ranks_them(master_pattern, binning):
+    dictionary = build_dictionary(8.0, master_pattern, DetectorGeometry(), binning=binning)
+    assert dictionary.patterns.shape[1] == 3600 // binning**2
     q = dictionary.quaternions[::40]
     with torch.no_grad():
         patterns = preprocess(Projector(master_pattern, DetectorGeometry())(q))

@@ -155,6 +155,40 @@ def test_real_patterns_index_with_the_dictionary_fallback():
     assert err_without.mean() > 5  # the CNN alone is lost on these patterns
 
 
+def test_the_fallback_keeps_the_best_refinement_of_every_dictionary_candidate(master_pattern):
+    """Patterns no candidate lifts above the fallback threshold (noise) try them all:
+    the kept NCC is the best of the start's and each dictionary candidate's refinement."""
+    from ebsdnet.indexing import (
+        FALLBACK_CANDIDATES,
+        FALLBACK_NCC,
+        REFINE_ITERATIONS,
+        _refine,
+        fallback_dictionary,
+    )
+    from ebsdnet.preprocess import PreprocessConfig, preprocess
+    from ebsdnet.projector import DetectorGeometry, Projector
+    from ebsdnet.refine import refine_orientations
+    from ebsdnet.stream import random_quaternions
+
+    config = PreprocessConfig()
+    projector = Projector(master_pattern, DetectorGeometry())
+    noise = preprocess(torch.rand(3, 60, 60, generator=torch.Generator().manual_seed(3)), config)
+    start = random_quaternions(3, generator=torch.Generator().manual_seed(4))
+    pcs = projector.default_pc.expand(3, 3)
+    _, _, ncc = _refine(
+        noise, start, pcs, projector, config, False, FALLBACK_NCC, REFINE_ITERATIONS
+    )
+    candidates, _ = fallback_dictionary(projector, pcs[0], config).top(noise, FALLBACK_CANDIDATES)
+    tried = [refine_orientations(noise, start, projector, pcs, config).ncc] + [
+        refine_orientations(
+            noise, candidates[:, k], projector, pcs, config, max_iterations=2 * REFINE_ITERATIONS
+        ).ncc
+        for k in range(FALLBACK_CANDIDATES)
+    ]
+    assert (ncc < FALLBACK_NCC).all()
+    torch.testing.assert_close(ncc, torch.stack(tried, 1).amax(1), atol=1e-4, rtol=0)
+
+
 def test_a_roughly_known_pattern_centre_is_corrected(tmp_path):
     """The file's PC is 0.01 off in each coordinate: ``refine_pc`` recovers it."""
     true_pc = np.array([0.425, 0.213, 0.501])

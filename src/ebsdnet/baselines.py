@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ebsdnet.preprocess import PreprocessConfig, preprocess
+from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 from ebsdnet.stream import sample_fundamental_zone
 
@@ -26,12 +26,17 @@ __all__ = ["Dictionary", "build_dictionary"]
 
 @dataclass
 class Dictionary:
-    """Unit-norm conditioned patterns ``(N, P)`` (bfloat16) and their quaternions ``(N, 4)``."""
+    """Unit-norm conditioned patterns ``(N, P)`` (bfloat16) and their quaternions ``(N, 4)``.
+
+    ``shape``: the entries' ``(rows, cols)``; patterns matched against the
+    dictionary are rebinned to it first (their conditioning is the detector's).
+    """
 
     patterns: Tensor
     quaternions: Tensor
     resolution_deg: float
     preprocessing: PreprocessConfig
+    shape: tuple[int, int]
 
     def __len__(self) -> int:
         return len(self.quaternions)
@@ -45,7 +50,7 @@ class Dictionary:
         """The ``k`` best entries for each pattern: quaternions ``(B, k, 4)``, NCC ``(B, k)``."""
         best_q, best_score = [], []
         for chunk in patterns.split(batch_size):
-            x = chunk.reshape(len(chunk), -1)
+            x = rebin(chunk, self.shape).reshape(len(chunk), -1)
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
             scores = x.to(self.patterns.dtype) @ self.patterns.T  # (b, N)
             score, idx = scores.float().topk(k, dim=-1)
@@ -60,13 +65,21 @@ def build_dictionary(
     geometry: DetectorGeometry,
     preprocessing: PreprocessConfig = PreprocessConfig(),
     batch_size: int = 1024,
+    binning: int = 1,
 ) -> Dictionary:
-    """Simulate and condition a dictionary at ``resolution_deg`` (orix cubochoric sampling)."""
+    """Simulate and condition a dictionary at ``resolution_deg`` (orix cubochoric sampling).
+
+    ``binning``: keep the conditioned entries binned by this factor (it must divide
+    the detector's shape): a quarter of the memory and of the matching time at 2,
+    for a coarse dictionary that only proposes candidates to refine.
+    """
     q = torch.from_numpy(sample_fundamental_zone(resolution_deg, master_pattern.point_group))
     projector = Projector(master_pattern, geometry)
+    rows_, cols_ = geometry.shape
+    shape = (rows_ // binning, cols_ // binning)
     rows = []
     with torch.no_grad():
         for chunk in q.float().split(batch_size):
-            p = preprocess(projector(chunk), preprocessing).reshape(len(chunk), -1)
+            p = rebin(preprocess(projector(chunk), preprocessing), shape).reshape(len(chunk), -1)
             rows.append((p / p.norm(dim=-1, keepdim=True)).bfloat16())
-    return Dictionary(torch.cat(rows), q.float(), resolution_deg, preprocessing)
+    return Dictionary(torch.cat(rows), q.float(), resolution_deg, preprocessing, shape)
