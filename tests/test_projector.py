@@ -208,3 +208,24 @@ def test_resampling_to_another_pattern_centre_matches_its_projection(master_patt
     assert better.min() > 0.85 and (better > unmoved).all()
     assert better.mean() > unmoved.mean() + 0.3
     assert resample_to_pattern_centre(at_target, target, target) is at_target
+
+
+def test_the_written_out_bilinear_look_up_is_grid_samples():
+    """Compiled projections use ``_bilinear``; eager ones ``grid_sample``: same values and
+    position gradients, borders included."""
+    from ebsdnet.projector import _bilinear
+
+    g = torch.Generator().manual_seed(0)
+    texture = torch.rand(14, 7, generator=g, dtype=torch.float64)
+    col = (torch.rand(500, generator=g, dtype=torch.float64) * 8 - 0.5).requires_grad_()
+    row = (torch.rand(500, generator=g, dtype=torch.float64) * 15 - 0.5).requires_grad_()
+    ours = _bilinear(texture, col, row)
+    grid = torch.stack((col / 6 * 2 - 1, row / 13 * 2 - 1), -1)[None, None]
+    theirs = torch.nn.functional.grid_sample(
+        texture[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+    )[0, 0, 0]
+    torch.testing.assert_close(ours, theirs)
+    inside = (col > 0) & (col < 6) & (row > 0) & (row < 13)
+    grads = [torch.autograd.grad(v.sum(), (col, row)) for v in (ours, theirs)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a[inside], b[inside])

@@ -422,12 +422,21 @@ class Projector(torch.nn.Module):
         return intensity.reshape(-1, *shape), jac.reshape(-1, *shape, jac.shape[-1])
 
     def _sample(self, crystal: Tensor) -> Tensor:
-        """Bilinear look-up of crystal directions ``(B, P, 3)`` → intensities ``(B, P)``."""
+        """Bilinear look-up of crystal directions ``(B, P, 3)`` → intensities ``(B, P)``.
+
+        Eager, ``grid_sample``; compiled, the same bilinear weights written out
+        (:func:`_bilinear`), which the compiler fuses with the Lambert map and,
+        in :meth:`with_jacobian`, with the gradient — where ``grid_sample``'s
+        backward stayed a separate kernel (256 patterns, compiled, interleaved
+        runs: forward 15.0 → 11.1 ms, a dose-15 refinement 0.29 → 0.265 s).
+        """
         n = self.texture.shape[-1]
         xy = lambert_coordinates(crystal)  # (B, P, 2) in [-1, 1]
-        # Row position in the stacked texture, then back to grid_sample's [-1, 1].
+        # Row position in the stacked texture (lower hemisphere: offset by N).
         row = (xy[..., 1] + 1) * ((n - 1) / 2) + n * (crystal[..., 2] < 0)
-        grid_y = row * (2 / (2 * n - 1)) - 1
+        if torch.compiler.is_compiling():
+            return _bilinear(self.texture[0, 0], (xy[..., 0] + 1) * ((n - 1) / 2), row)
+        grid_y = row * (2 / (2 * n - 1)) - 1  # back to grid_sample's [-1, 1]
         grid = torch.stack((xy[..., 0], grid_y), dim=-1)[None]  # (1, B, P, 2)
         out = torch.nn.functional.grid_sample(
             self.texture.to(grid.dtype),
@@ -437,3 +446,20 @@ class Projector(torch.nn.Module):
             align_corners=True,
         )
         return out[0, 0]  # (B, P)
+
+
+def _bilinear(texture: Tensor, col: Tensor, row: Tensor) -> Tensor:
+    """``texture (H, W)`` at pixel positions ``col, row``, clamped to its border — what
+    ``grid_sample(..., "bilinear", "border", align_corners=True)`` computes, as four
+    gathers and their weights (differentiable in the positions)."""
+    h, w = texture.shape
+    col = col.clamp(0, w - 1)
+    row = row.clamp(0, h - 1)
+    c0 = col.detach().floor().clamp(max=w - 2)
+    r0 = row.detach().floor().clamp(max=h - 2)
+    fc, fr = col - c0, row - r0
+    i = r0.long() * w + c0.long()
+    flat = texture.reshape(-1).to(col.dtype)
+    top = flat[i] + fc * (flat[i + 1] - flat[i])
+    bottom = flat[i + w] + fc * (flat[i + w + 1] - flat[i + w])
+    return top + fr * (bottom - top)
