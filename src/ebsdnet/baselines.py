@@ -75,8 +75,7 @@ def build_dictionary(
     """
     q = torch.from_numpy(sample_fundamental_zone(resolution_deg, master_pattern.point_group))
     projector = Projector(master_pattern, geometry)
-    rows_, cols_ = geometry.shape
-    shape = (rows_ // binning, cols_ // binning)
+    shape = (geometry.shape[0] // binning, geometry.shape[1] // binning)
     rows = []
     with torch.no_grad():
         for chunk in q.float().split(batch_size):
