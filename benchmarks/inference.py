@@ -135,7 +135,7 @@ def main() -> None:
             )
         )
         calibration = int8_calibration(
-            MasterPattern.nickel(), geometry, PreprocessConfig(**card["preprocessing"]), BATCH
+            MasterPattern.nickel(), geometry, PreprocessConfig(**card["preprocessing"])
         )
         int8 = _Kernel(quantized_int8(fast, calibration, BATCH), dynamic=False, freezing=True)
         variants.append(

@@ -190,7 +190,7 @@ def quantized_int8(model: nn.Module, calibration: Tensor, batch_size: int) -> nn
 
     The graph is exported for batches of exactly ``batch_size`` patterns, and
     each activation's scale is observed on ``calibration`` (conditioned patterns,
-    whole batches of ``batch_size``). Run it through ``torch.compile`` with
+    any number: they are fed in batches of ``batch_size``). Run it through ``torch.compile`` with
     weight freezing: that lowers it to oneDNN's int8 convolutions; run eagerly it
     is slow.
     """
@@ -209,9 +209,11 @@ def quantized_int8(model: nn.Module, calibration: Tensor, batch_size: int) -> nn
         pytree_log.setLevel(levels[1])
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    batches = [b for b in calibration.split(batch_size) if len(b) == batch_size]
-    if not batches:
-        raise ValueError(f"calibration needs at least one whole batch of {batch_size}")
+    # Whole batches: the last one completed from the start of ``calibration`` (repeated
+    # patterns leave the observed ranges as they are).
+    n_batches = -(-len(calibration) // batch_size)
+    wrapped = calibration[torch.arange(n_batches * batch_size) % len(calibration)]
+    batches = wrapped.split(batch_size)
     with torch.no_grad():
         graph = torch.export.export(model.eval(), (batches[0],)).module()
         prepared = prepare_pt2e(graph, quantizer)
