@@ -8,6 +8,7 @@ import torch
 
 from ebsdnet.cards import ModelFileError, load_model
 from ebsdnet.cli import main
+from ebsdnet.train import training_precision
 
 # Random orientations are ≈41° from the truth on average under cubic symmetry.
 RANDOM_MEAN_DEG = 40.7
@@ -47,6 +48,15 @@ def test_tiny_model_beats_random_orientations(trained_run):
     for key in ("point_group", "master_pattern_sha256", "pc_range", "preprocessing", "command"):
         assert key in card
     assert card["point_group"] == "m-3m" and card["steps"] == 400
+    assert card["training_precision"] == training_precision(torch.device("cpu"))  # auto
+
+
+def test_a_training_precision_is_auto_bfloat16_or_float32():
+    cpu = torch.device("cpu")
+    assert training_precision(cpu, "float32") == "float32"
+    assert training_precision(cpu, "bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="precision"):
+        training_precision(cpu, "float16")
 
 
 def test_saved_model_loads_and_predicts(trained_run):

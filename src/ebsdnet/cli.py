@@ -337,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dictionary", metavar="FILE", help="train from an `ebsdnet simulate` file")
     p.add_argument("--init-from", metavar="MODEL", help="start from a saved or shipped model")
     p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bfloat16", "float32"),
+        help="auto (default): bfloat16 autocast where the device computes it natively",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("index", help="index a pattern file into an orientation map")

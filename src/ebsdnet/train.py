@@ -29,7 +29,7 @@ import torch
 from ebsdnet.cards import save_model
 from ebsdnet.losses import compute_loss
 from ebsdnet.metrics import error_summary
-from ebsdnet.models import create_model, predict_quaternions
+from ebsdnet.models import _bfloat16_native, create_model, predict_quaternions
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_pattern_centre
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
@@ -72,12 +72,33 @@ class TrainConfig:
     dictionary: str | None = None
     init_from: str | None = None
     device: str = "auto"
+    # "auto": bfloat16 autocast where the device computes it natively (CUDA; CPUs with
+    # AVX512-BF16 or AMX), else float32; or "bfloat16" / "float32". Runs saved before
+    # this field existed trained in float32 on CPUs.
+    precision: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         return cls(**d)
+
+
+def training_precision(device: torch.device, precision: str = "auto") -> str:
+    """``"bfloat16"`` (autocast; weights, batch norms and the loss stay float32) or
+    ``"float32"``. ``auto``: bfloat16 where the device computes it natively — measured
+    on the 2-core EPYC, a step of ``ebsdnet-s`` (width 32, 128 patterns) 320 → 190 ms.
+
+    Raises
+    ------
+    ValueError
+        For another precision name.
+    """
+    if precision not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"precision must be auto, bfloat16 or float32, not {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if _bfloat16_native(device) else "float32"
+    return precision
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -262,7 +283,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    amp = device.type == "cuda"
+    amp = training_precision(device, cfg.precision) == "bfloat16"
     t_start = time.perf_counter() - elapsed  # wall time across resumes, for the card
     t_invoked = time.perf_counter()  # the time limit is per invocation (one session's share)
     t_ckpt = time.perf_counter()
@@ -345,6 +366,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         "steps": step,
         "samples_seen": step * cfg.batch_size * world,
         "wall_time_s": round(time.perf_counter() - t_start, 1),
+        "training_precision": training_precision(device, cfg.precision),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {device}",
         "validation": figures,
         "history": history,
