@@ -190,9 +190,9 @@ def quantized_int8(model: nn.Module, calibration: Tensor, batch_size: int) -> nn
 
     The graph is exported for batches of exactly ``batch_size`` patterns, and
     each activation's scale is observed on ``calibration`` (conditioned patterns,
-    any number: they are fed in batches of ``batch_size``). Run it through ``torch.compile`` with
-    weight freezing: that lowers it to oneDNN's int8 convolutions; run eagerly it
-    is slow.
+    any number: they are fed in batches of ``batch_size``). Run it through
+    ``torch.compile`` with weight freezing: that lowers it to oneDNN's int8
+    convolutions; run eagerly it is slow.
     """
     torchao_log = logging.getLogger("torchao")
     pytree_log = logging.getLogger("torch.utils._pytree")
