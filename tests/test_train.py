@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from ebsdnet.cards import ModelFileError, load_model
+from ebsdnet.cards import ModelFileError, card_path, load_model
 from ebsdnet.cli import main
-from ebsdnet.train import training_precision
+from ebsdnet.train import TRAINING_PRECISIONS, training_precision
 
 # Random orientations are ≈41° from the truth on average under cubic symmetry.
 RANDOM_MEAN_DEG = 40.7
@@ -57,6 +57,12 @@ def test_a_training_precision_is_auto_bfloat16_or_float32():
     assert training_precision(cpu, "bfloat16") == "bfloat16"
     with pytest.raises(ValueError, match="precision"):
         training_precision(cpu, "float16")
+    # The CLI spells the names out (so that --help does not load torch): the same ones.
+    from ebsdnet.cli import build_parser
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    choices = next(a.choices for a in train_parser._actions if a.dest == "precision")
+    assert tuple(choices) == TRAINING_PRECISIONS
 
 
 def test_saved_model_loads_and_predicts(trained_run):
@@ -88,6 +94,16 @@ def test_fine_tuning_starts_from_the_model_and_says_so(trained_run, tmp_path):
     assert card["architecture_args"] == start["architecture_args"]
     # Twenty gentle steps keep what the 400 learnt (a fresh network is near 41°).
     assert card["validation"]["noise_free"]["mean"] < 0.7 * RANDOM_MEAN_DEG
+
+
+def test_a_bad_init_from_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["-q", "train", "-o", str(out), "--steps", "2", "--init-from", str(tmp_path / "nope")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    # A run folder names its model.
+    assert card_path(trained_run) == trained_run / "model.json"
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):

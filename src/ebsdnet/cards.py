@@ -92,10 +92,13 @@ def pretrained_names() -> list[str]:
 
 
 def card_path(name_or_path: str | Path) -> Path:
-    """The JSON card of a shipped model's name, or of a saved model's path."""
+    """The JSON card of a shipped model's name, of a saved model's path, or of a run
+    folder (its ``model.json``)."""
     if str(name_or_path) in pretrained_names():
         return Path(str(resources.files("ebsdnet") / PRETRAINED_DIR / f"{name_or_path}.json"))
     path = Path(name_or_path)
+    if path.is_dir():
+        return path / "model.json"
     if path.suffix in ("", ".safetensors"):
         path = path.with_suffix(".json")
     return path

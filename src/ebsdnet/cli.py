@@ -108,6 +108,7 @@ def cmd_simulate(args) -> None:
 def cmd_train(args) -> None:
     from dataclasses import fields
 
+    from ebsdnet.cards import ModelFileError
     from ebsdnet.train import TrainConfig, train
 
     out = Path(args.output)
@@ -140,7 +141,10 @@ def cmd_train(args) -> None:
         raise UserError(f"master pattern file {cfg.master_pattern} does not exist")
     if cfg.dictionary and not Path(cfg.dictionary).is_file():
         raise UserError(f"dictionary file {cfg.dictionary} does not exist")
-    card = train(cfg, resume=args.resume, show_progressbar=not args.quiet)
+    try:
+        card = train(cfg, resume=args.resume, show_progressbar=not args.quiet)
+    except ModelFileError as exc:  # --init-from names no usable model
+        raise UserError(str(exc)) from exc
     if card is not None:
         print(f"wrote {card} and {card.with_suffix('.safetensors')}")
 
@@ -339,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument(
         "--precision",
+        # train.TRAINING_PRECISIONS, spelt out: importing train would load torch for --help
         choices=("auto", "bfloat16", "float32"),
         help="auto (default): bfloat16 autocast where the device computes it natively",
     )

@@ -84,6 +84,9 @@ class TrainConfig:
         return cls(**d)
 
 
+TRAINING_PRECISIONS = ("auto", "bfloat16", "float32")
+
+
 def training_precision(device: torch.device, precision: str = "auto") -> str:
     """``"bfloat16"`` (autocast; weights, batch norms and the loss stay float32) or
     ``"float32"``. ``auto``: bfloat16 where the device computes it natively — measured
@@ -94,7 +97,7 @@ def training_precision(device: torch.device, precision: str = "auto") -> str:
     ValueError
         For another precision name.
     """
-    if precision not in ("auto", "bfloat16", "float32"):
+    if precision not in TRAINING_PRECISIONS:
         raise ValueError(f"precision must be auto, bfloat16 or float32, not {precision!r}")
     if precision == "auto":
         return "bfloat16" if _bfloat16_native(device) else "float32"
@@ -223,7 +226,6 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     main_rank = rank == 0
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
 
     mp = (
@@ -278,12 +280,15 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         start, history, elapsed = state["step"], state["history"], state["elapsed"]
         log.info("resuming %s at step %d", out, start)
     if main_rank:
+        # Only now, so that a bad --init-from or master pattern leaves no folder behind.
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
 
-    amp = training_precision(device, cfg.precision) == "bfloat16"
+    precision = training_precision(device, cfg.precision)
+    amp = precision == "bfloat16"
     t_start = time.perf_counter() - elapsed  # wall time across resumes, for the card
     t_invoked = time.perf_counter()  # the time limit is per invocation (one session's share)
     t_ckpt = time.perf_counter()
@@ -366,7 +371,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         "steps": step,
         "samples_seen": step * cfg.batch_size * world,
         "wall_time_s": round(time.perf_counter() - t_start, 1),
-        "training_precision": training_precision(device, cfg.precision),
+        "training_precision": precision,
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {device}",
         "validation": figures,
         "history": history,
