@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=float,
         metavar="DEG",
-        help="kikuchipy dictionary resolutions (default 2.0 1.4; 1.4 needs ~8 GB more memory)",
+        help="kikuchipy dictionary resolutions (default 2.0; adding 1.4 needs ~8 GB more memory)",
     )
     p.add_argument(
         "--repeats",
