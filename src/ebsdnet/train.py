@@ -98,7 +98,9 @@ def training_precision(device: torch.device, precision: str = "auto") -> str:
         For another precision name.
     """
     if precision not in TRAINING_PRECISIONS:
-        raise ValueError(f"precision must be auto, bfloat16 or float32, not {precision!r}")
+        raise ValueError(
+            f"precision must be one of {', '.join(TRAINING_PRECISIONS)}, not {precision!r}"
+        )
     if precision == "auto":
         return "bfloat16" if _bfloat16_native(device) else "float32"
     return precision
