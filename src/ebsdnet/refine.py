@@ -10,7 +10,10 @@ divided by the NCC. On noisy patterns (NCC ≈ 0.3–0.5) plain Gauss–Newton
 steps fall short by that factor and need tens of iterations.
 Levenberg–Marquardt damping (``λ·diag H``) guards the step; a step is kept
 only when it raises the NCC, so refinement never lowers the NCC of its start,
-and patterns leave the batch once their step falls below ``tol_deg``.
+and patterns leave the batch once their step falls below ``tol_deg`` or below
+half the standard error that their noise leaves in the rotation anyway (from
+the NCC and ``JᵀJ``): a noisy pattern stops when further steps would only
+chase its noise.
 
 The Jacobian comes from :meth:`Projector.with_jacobian` (one backward pass
 through the look-up, about twice a projection), pushed through
@@ -131,6 +134,23 @@ def _simulate(
     return y, jac
 
 
+def _rotation_sigma(jtj: Tensor, ncc: Tensor, n_pixels: int) -> Tensor:
+    """The standard error (radians, ``(B,)``, root of the summed variances of the
+    three angles) that noise leaves in a rotation fitted to unit patterns.
+
+    With ``t = c·u(θ) + r``, the residual ``r`` (``‖r‖² = 1 − c²``) taken as white
+    noise over ``n_pixels``, least squares leaves ``Cov θ = (1 − c²) / (n c²) ·
+    (JᵀJ)⁻¹`` (the rotation block of it, where ``JᵀJ`` also has PC columns).
+    Measured on the bench's 40×40 maps, right orientations after refinement:
+    predicted 0.051°, 0.091°, 0.128° against root-mean-square errors of
+    0.060°, 0.112°, 0.168° at doses 100, 30, 15.
+    """
+    c2 = ncc.clamp(0.05, 0.999) ** 2
+    cov = torch.linalg.inv(jtj + 1e-12 * torch.eye(jtj.shape[-1], device=jtj.device))
+    var = cov.diagonal(dim1=1, dim2=2)[:, :3].sum(1).clamp_min(0)
+    return torch.sqrt(var * (1 - c2) / (n_pixels * c2))
+
+
 class _Kernel:
     """A function, run as is or through ``torch.compile`` (compiled once, on first use).
 
@@ -234,6 +254,8 @@ def refine_orientations(
     moving_deg: float = 0.1,
     coarse_levels: tuple[tuple[int, float], ...] = ((2, 1.0), (2, 0.0), (1, 1.0)),
     pc_scale: float = 0.005,
+    noise_tol: float = 0.5,
+    give_up_ncc: float | None = None,
     compiled: bool = False,
 ) -> RefineResult:
     """Refine orientations ``start`` against conditioned ``patterns``.
@@ -268,6 +290,20 @@ def refine_orientations(
         before the full-resolution iterations; the candidates are judged at
         the first level. Levels whose binning does not divide the pattern are
         skipped.
+    noise_tol
+        A pattern is also done when its step is below this fraction of the
+        standard error that the pattern's noise leaves in its rotation
+        (estimated from its NCC and ``JᵀJ``; see :func:`_rotation_sigma`), and
+        goes on after ``max_iterations`` only when its step was larger than
+        that. Remaining offsets below half the standard error add at most
+        12% to it in quadrature; measured on the bench maps (compiled, 40×40):
+        iterations −21% at dose 15 (mean error 0.1499° → 0.1517°), −9% at
+        dose 100 (0.0534° → 0.0536°), noise-free unchanged. 0 turns it off.
+    give_up_ncc
+        Patterns whose NCC is still below this after their first
+        full-resolution iteration stop there: for a caller that tries other
+        starts for low-NCC patterns anyway (see ``fallback_ncc`` of
+        :func:`~ebsdnet.indexing.index`). ``None``: none give up.
     pc_scale
         Pattern-centre units per parameter unit. The PC columns of the Jacobian
         are analytic, from the projector's one backward pass (see
@@ -373,10 +409,16 @@ def refine_orientations(
                     y[kept], jac[kept] = y_new[better], jac_new[better]
                 damping[idx] = torch.where(better, damping[idx] / 4, damping[idx] * 8)
                 iterations[idx] += 1
-                small = step[:, :3].norm(dim=1) < tol
-                done = (better & small) | (damping[idx] > 1e4)
+                # Steps below the tolerance, or below noise_tol of the standard error
+                # that noise leaves anyway, no longer change the answer.
+                step_size = step[:, :3].norm(dim=1)
+                floor = noise_tol * _rotation_sigma(jtja, ncca, ta.shape[1])
+                done = (better & (step_size < floor.clamp_min(tol))) | (damping[idx] > 1e4)
                 if base_end:
-                    done |= ~(better & (step[:, :3].norm(dim=1) > math.radians(moving_deg)))
+                    moving = step_size > floor.clamp_min(math.radians(moving_deg))
+                    done |= ~(better & moving)
+                if give_up_ncc is not None and last_level and iteration == 0:
+                    done |= ncc[idx] < give_up_ncc
                 active[idx[done]] = False
                 if base_end and iteration < n_iterations - 1:
                     going = active.nonzero().squeeze(1)
