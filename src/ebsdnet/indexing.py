@@ -40,7 +40,7 @@ from ebsdnet.projector import (
     resample_to_pattern_centre,
     unphysical_pattern_centres,
 )
-from ebsdnet.refine import _first_line, _Kernel, match_ncc, refine_orientations
+from ebsdnet.refine import NOISE_TOL, _first_line, _Kernel, match_ncc, refine_orientations
 
 __all__ = [
     "MIN_NCC",
@@ -62,7 +62,6 @@ FALLBACK_RESOLUTION_DEG = 3.0
 FALLBACK_CANDIDATES = 8
 #: Full-resolution refinement iterations per pattern (after the coarse levels).
 REFINE_ITERATIONS = 3
-REFINE_NOISE_TOL = 0.5  # see refine_orientations' noise_tol
 #: With the fallback on, refinements whose NCC is below this fraction of
 #: ``FALLBACK_NCC`` after their first full-resolution iteration give up there: at
 #: dose 15 the CNN's start is wrong for 264 of 1,600 patterns, which ended at most
@@ -229,7 +228,7 @@ def _refine(
     # A PC fit feeds the map's one mean correction: stopping each pattern within its
     # noise would leave every fit short of its optimum on the start's side, a bias
     # that the mean keeps (measured: corrections 1–2·10⁻⁴ short of the true 0.01).
-    noise_tol = 0.0 if refine_pc else REFINE_NOISE_TOL
+    noise_tol = 0.0 if refine_pc else NOISE_TOL
     result = refine_orientations(
         patterns, candidates, projector, pcs, config, refine_pc=refine_pc,
         max_iterations=iterations, compiled=compiled, noise_tol=noise_tol,

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 #: map with ``refine_pc`` compiles 14 of the projection (binning × Jacobian or not ×
 #: one or many PCs × PC columns), and past the limit dynamo runs the rest eager.
 RECOMPILE_LIMIT = 32
+#: Default ``noise_tol`` of :func:`refine_orientations`.
+NOISE_TOL = 0.5
 
 
 @dataclass
@@ -254,7 +256,7 @@ def refine_orientations(
     moving_deg: float = 0.1,
     coarse_levels: tuple[tuple[int, float], ...] = ((2, 1.0), (2, 0.0), (1, 1.0)),
     pc_scale: float = 0.005,
-    noise_tol: float = 0.5,
+    noise_tol: float = NOISE_TOL,
     give_up_ncc: float | None = None,
     compiled: bool = False,
 ) -> RefineResult:
