@@ -254,7 +254,7 @@ def refine_orientations(
     tol_deg: float = 0.005,
     extra_iterations: int = 5,
     moving_deg: float = 0.1,
-    coarse_levels: tuple[tuple[int, float], ...] = ((2, 1.0), (2, 0.0), (1, 1.0)),
+    coarse_levels: tuple[tuple[int, float], ...] = ((2, 1.0), (2, 0.0)),
     pc_scale: float = 0.005,
     noise_tol: float = NOISE_TOL,
     give_up_ncc: float | None = None,
@@ -291,7 +291,11 @@ def refine_orientations(
         ``(binning, blur σ in binned pixels)`` of one coarse iteration each,
         before the full-resolution iterations; the candidates are judged at
         the first level. Levels whose binning does not divide the pattern are
-        skipped.
+        skipped. A third level, full-size and blurred (``(1, 1.0)``), was the
+        default until the noise-aware stop: without it the bench's maps index
+        1.1–1.25× faster (blurring the full-size Jacobian alone cost a sixth of
+        a refinement) for mean errors within 0.001° (dose 30: 0.1004° →
+        0.1013°; the nine real patterns 0.0916° → 0.0910°).
     noise_tol
         A pattern is also done when its step is below this fraction of the
         standard error that the pattern's noise leaves in its rotation
