@@ -416,9 +416,13 @@ def refine_orientations(
                 damping[idx] = torch.where(better, damping[idx] / 4, damping[idx] * 8)
                 iterations[idx] += 1
                 # Steps below the tolerance, or below noise_tol of the standard error
-                # that noise leaves anyway, no longer change the answer.
+                # that noise leaves anyway, no longer change the answer. Only at full
+                # resolution: a coarse level takes one iteration (nothing to stop), and
+                # binned, blurred noise is not the white noise the estimate assumes.
                 step_size = step[:, :3].norm(dim=1)
-                floor = noise_tol * _rotation_sigma(jtja, ncca, ta.shape[1])
+                floor = torch.zeros_like(step_size)
+                if noise_tol > 0 and last_level:
+                    floor = noise_tol * _rotation_sigma(jtja, ncca, ta.shape[1])
                 done = (better & (step_size < floor.clamp_min(tol))) | (damping[idx] > 1e4)
                 if base_end:
                     moving = step_size > floor.clamp_min(math.radians(moving_deg))
