@@ -204,6 +204,38 @@ def _lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def training_degradation(cfg: TrainConfig) -> DegradationConfig:
+    """The stream's degradations that a run's config sets (the rest are the defaults)."""
+    return DegradationConfig(
+        dose=tuple(cfg.dose),
+        blur=tuple(cfg.blur),
+        falloff=None if cfg.falloff is None else tuple(cfg.falloff),
+        pc_jitter=cfg.pc_jitter,
+        clean_fraction=cfg.clean_fraction,
+    )
+
+
+def training_step(
+    net, model, optimizer, batch: dict, operators: torch.Tensor, lr: float, amp: bool
+) -> torch.Tensor:
+    """One optimiser step of ``model`` on ``batch`` through ``net`` (``model`` or its DDP
+    wrapper, which averages the gradients over the ranks); returns the loss."""
+    device = next(model.parameters()).device
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    patterns = batch["patterns"].to(device, non_blocking=True)
+    q_true = batch["quaternions"].to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        output = net(patterns)
+    output = {k: v.float() for k, v in output.items()}
+    loss, _ = compute_loss(model, output, q_true, operators)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss
+
+
 def _save_checkpoint(path: Path, model, optimizer, step: int, state: dict) -> None:
     tmp = path.with_name(path.name + ".partial")
     torch.save(
@@ -237,13 +269,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     )
     geometry = DetectorGeometry(shape=tuple(cfg.shape), pc=tuple(cfg.pc))
     preprocessing = PreprocessConfig()
-    degradation = DegradationConfig(
-        dose=tuple(cfg.dose),
-        blur=tuple(cfg.blur),
-        falloff=None if cfg.falloff is None else tuple(cfg.falloff),
-        pc_jitter=cfg.pc_jitter,
-        clean_fraction=cfg.clean_fraction,
-    )
+    degradation = training_degradation(cfg)
     if cfg.dictionary:
         data = DictionaryBatches(
             cfg.dictionary, cfg.batch_size, cfg.seed, cfg.val_size, preprocessing
@@ -306,19 +332,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     step = start
     stopped_early = False
     while step < cfg.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg)
         batch = data.batch(step * world + rank)
-        patterns = batch["patterns"].to(device, non_blocking=True)
-        q_true = batch["quaternions"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            output = net(patterns)
-        output = {k: v.float() for k, v in output.items()}
-        loss, _ = compute_loss(model, output, q_true, operators)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = training_step(net, model, optimizer, batch, operators, _lr(step, cfg), amp)
         step += 1
         bar.update(1)
         last = step == cfg.steps
