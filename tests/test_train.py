@@ -189,7 +189,7 @@ def test_ddp_with_two_cpu_processes_steps_like_one_process_on_both_batches(tmp_p
     mp = MasterPattern.nickel()
     data = PatternStream(
         mp, DetectorGeometry(shape=cfg.shape, pc=cfg.pc), cfg.batch_size,
-        training_degradation(cfg), PreprocessConfig(), seed=cfg.seed, at_nominal_pc=True,
+        training_degradation(cfg), PreprocessConfig(), seed=cfg.seed, at_nominal_pc=cfg.pc_known,
     )  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, shape=cfg.shape, **cfg.model_args)
