@@ -24,6 +24,7 @@ import torch
 
 from _report import machine, publish
 from ebsdnet.metrics import normalised_cross_correlation
+from ebsdnet.projector import MasterPattern
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
             patterns = f["patterns"][idx]
             euler = f["euler_deg"][idx]
             attrs = dict(f.attrs)
-        mp = kp.data.nickel_ebsd_master_pattern_small(projection="lambert", hemisphere="both")
+        mp = MasterPattern.nickel().to_kikuchipy()  # the texture `ebsdnet simulate` reads
         det = kp.detectors.EBSDDetector(
             shape=tuple(attrs["detector_shape"]),
             pc=attrs["pc_bruker"],

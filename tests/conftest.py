@@ -1,4 +1,4 @@
-"""Shared fixtures: kikuchipy's shipped Ni master pattern, loaded once."""
+"""Shared fixtures: kikuchipy's shipped Ni master pattern, loaded once (raw and symmetrised)."""
 
 import pytest
 
@@ -12,6 +12,15 @@ def kp_master_pattern():
 
 @pytest.fixture(scope="session")
 def master_pattern(kp_master_pattern):
+    """What ebsdnet simulates and refines with: symmetrised, twice as fine."""
     from ebsdnet.projector import MasterPattern
 
     return MasterPattern.from_kikuchipy(kp_master_pattern)
+
+
+@pytest.fixture(scope="session")
+def raw_master_pattern(kp_master_pattern):
+    """The file's texture as it is: what kikuchipy's ``get_patterns`` reads."""
+    from ebsdnet.projector import MasterPattern
+
+    return MasterPattern.from_kikuchipy(kp_master_pattern, symmetrise=False)

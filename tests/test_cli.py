@@ -18,7 +18,7 @@ def small_dictionary(tmp_path_factory):
     return path
 
 
-def test_simulate_writes_patterns_that_kikuchipy_agrees_with(small_dictionary, kp_master_pattern):
+def test_simulate_writes_patterns_that_kikuchipy_agrees_with(small_dictionary, master_pattern):
     from kikuchipy.detectors import EBSDDetector
 
     with h5py.File(small_dictionary) as f:
@@ -30,6 +30,7 @@ def test_simulate_writes_patterns_that_kikuchipy_agrees_with(small_dictionary, k
     assert attrs["point_group"] == "m-3m" and len(attrs["master_pattern_sha256"]) == 64
     det = EBSDDetector(shape=(60, 60), pc=attrs["pc_bruker"], sample_tilt=attrs["sample_tilt"])
     rot = Rotation.from_euler(euler, degrees=True)
+    kp_master_pattern = master_pattern.to_kikuchipy()  # the texture `simulate` reads
     expected = kp_master_pattern.get_patterns(rot, det, compute=True, show_progressbar=False)
     ncc = normalised_cross_correlation(torch.from_numpy(patterns), torch.from_numpy(expected.data))
     assert ncc.min() >= 0.999

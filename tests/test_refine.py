@@ -90,10 +90,10 @@ def test_noisy_patterns_stop_once_steps_are_within_their_noise(master_pattern):
     noise leaves: fewer iterations, the same error within noise; noise-free, no change."""
     g = torch.Generator().manual_seed(5)
     projector = Projector(master_pattern, DetectorGeometry())
-    truth = random_quaternions(64, g)
+    truth = random_quaternions(256, g)
     with torch.no_grad():
         clean = projector(truth)
-    axis = torch.nn.functional.normalize(torch.randn(64, 3, generator=g), dim=-1)
+    axis = torch.nn.functional.normalize(torch.randn(256, 3, generator=g), dim=-1)
     start = quaternion_multiply(axis_angle_to_quaternion(axis * math.radians(1.0)), truth)
     noisy = preprocess(degrade(clean, DegradationConfig(dose=(15.0, 15.0)), g))
     full, early = (
@@ -101,8 +101,9 @@ def test_noisy_patterns_stop_once_steps_are_within_their_noise(master_pattern):
     )
     assert early.iterations.sum() < 0.9 * full.iterations.sum()  # measured 0.79–0.84
     err_full, err_early = (disorientation_deg(r.quaternions, truth) for r in (full, early))
+    # Early/full mean error 0.98–1.04 over four seeds of 256 (64 patterns: up to 1.15).
     assert err_early.mean() <= 1.1 * err_full.mean()
-    assert err_early.mean() <= 0.5  # from a 1° start (measured 0.28–0.35° over three seeds)
+    assert err_early.mean() <= 0.5  # from a 1° start (measured 0.33–0.43° over four seeds)
     clean_full, clean_early = (
         refine_orientations(preprocess(clean), start, projector, noise_tol=tol)
         for tol in (0.0, 0.5)

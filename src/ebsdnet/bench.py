@@ -227,7 +227,6 @@ class _Bench:
     def __init__(
         self, model: str, resolutions: tuple[float, ...], compiled: bool, repeats: int
     ) -> None:
-        import kikuchipy as kp
         from orix.crystal_map import PhaseList
 
         from ebsdnet.cards import load_model
@@ -239,9 +238,7 @@ class _Bench:
         self.point_group = card["point_group"]
         self.nominal = DetectorGeometry(shape=tuple(card["shape"]), pc=tuple(card["pc_nominal"]))
         self.mp = MasterPattern.nickel()
-        self.kp_mp = kp.data.nickel_ebsd_master_pattern_small(
-            projection="lambert", hemisphere="both"
-        )
+        self.kp_mp = self.mp.to_kikuchipy()  # every method reads the same master pattern
         self.phase_list = PhaseList(self.kp_mp.phase)
         self.resolutions = resolutions
         self.dictionaries: dict[tuple, object] = {}

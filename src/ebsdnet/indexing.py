@@ -188,7 +188,7 @@ def fallback_dictionary(projector: Projector, pc: Tensor, config: PreprocessConf
     from ebsdnet.baselines import build_dictionary
 
     geometry = replace(projector.geometry, pc=tuple(round(float(v), 3) for v in pc))
-    key = (projector.master_pattern.sha256, geometry, config, FALLBACK_RESOLUTION_DEG)
+    key = (projector.master_pattern.texture_key, geometry, config, FALLBACK_RESOLUTION_DEG)
     if key not in _FALLBACK_DICTIONARIES:
         log.info("building the %g° fallback dictionary", FALLBACK_RESOLUTION_DEG)
         _FALLBACK_DICTIONARIES.clear()  # keep one: each holds ~55 MB (binned)
