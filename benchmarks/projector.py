@@ -85,7 +85,7 @@ def main() -> None:
     ncc = normalised_cross_correlation(forward(), torch.from_numpy(kikuchipy_run()))
     kp_rate = rows[0][1]
     lines = [
-        "## Projector: patterns/s at 60×60 (Ni, kikuchipy's shipped master pattern)",
+        "## Projector: patterns/s at 60×60 (Ni, kikuchipy's shipped master pattern, symmetrised)",
         "",
         f"Measured by `python benchmarks/projector.py --write` on: {machine()}.",
         f"{n:,} random orientations in batches of {args.batch_size} (kikuchipy: its own "
