@@ -277,3 +277,18 @@ def test_the_written_out_bilinear_look_up_is_grid_samples():
     grads = [torch.autograd.grad(v.sum(), (col, row)) for v in (ours, theirs)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a[inside], b[inside])
+
+
+def test_symmetrising_under_the_identity_only_upsamples_through_the_grid_points():
+    from ebsdnet.projector import MasterPattern
+
+    n = 21
+    texture = torch.rand(2 * n, n, generator=torch.Generator().manual_seed(7))
+    mp = MasterPattern(texture=texture, point_group="1")
+    fine = mp.symmetrised(2)
+    assert fine.texture.shape == (2 * (2 * n - 1), 2 * n - 1)
+    m = 2 * n - 1
+    for half in range(2):  # every second point is a grid point of the file (border aside:
+        coarse = texture[half * n : (half + 1) * n]  # the equator belongs to both halves)
+        on_grid = fine.texture[half * m : (half + 1) * m][::2, ::2]
+        assert torch.allclose(on_grid[1:-1, 1:-1], coarse[1:-1, 1:-1], atol=1e-5)

@@ -241,9 +241,10 @@ class MasterPattern:
         """Identifies the texture itself: the source's hash and how it was symmetrised."""
         return (self.sha256, self.meta.get("symmetrised"), self.meta.get("upsampled"))
 
-    def symmetrised(self, upsample: int = 2) -> MasterPattern:
+    def symmetrised(self, upsample: int | None = None) -> MasterPattern:
         """This master pattern averaged over its point group's rotations, on a grid
-        ``upsample`` times finer (bicubic look-ups).
+        ``upsample`` times finer (bicubic look-ups; default: 2 for grids under 801
+        pixels a side, such as kikuchipy's 401, else 1).
 
         A square Lambert grid maps onto itself under the square's own symmetries
         only: a three-fold rotation of the crystal reads the texture between its
@@ -260,6 +261,8 @@ class MasterPattern:
         """
         from ebsdnet.rotations import point_group_operators
 
+        if upsample is None:
+            upsample = 2 if self.size < FINE_GRID else 1
         key = (self.sha256, self.point_group, upsample)
         if self.sha256 and self.meta.get("symmetrised") is None and key in _SYMMETRISED:
             texture = _SYMMETRISED[key]
@@ -312,6 +315,9 @@ class MasterPattern:
         mp = kp.load(path, projection="lambert", hemisphere="both")
         return cls.from_kikuchipy(mp, energy=energy)
 
+
+#: Master patterns with fewer pixels a side are symmetrised onto a grid twice as fine.
+FINE_GRID = 801
 
 #: The last symmetrised texture, by (source hash, point group, upsampling): the
 #: symmetrisation takes ~2 s, and the shipped Ni master pattern is loaded often.
