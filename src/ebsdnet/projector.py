@@ -7,8 +7,8 @@ the crystal by the orientation, mapped to the square Lambert projection and
 read from the master pattern's upper or lower hemisphere by bilinear
 interpolation. Gradients flow to the rotations and to the pattern centre.
 
-Master patterns are symmetrised over their point group on a grid twice as
-fine when loaded (:meth:`MasterPattern.symmetrised`): a stored Lambert grid
+Master patterns are symmetrised over their point group when loaded, on a grid
+twice as fine for small ones (:meth:`MasterPattern.symmetrised`): a stored Lambert grid
 is not invariant under the crystal's three-fold rotations, so equivalent
 orientations would give slightly different patterns. kikuchipy's own methods
 can read the same texture through :meth:`MasterPattern.to_kikuchipy`.
@@ -251,8 +251,7 @@ class MasterPattern:
         grid points. Stored Lambert master patterns are not exactly invariant
         there (kikuchipy's Ni: patterns of two equivalent orientations correlate
         at 0.9956, not 1), so refinement lands ~0.006° apart depending on which of
-        the 24 equivalent descriptions it starts from, and the nine real Ni
-        patterns fit a little worse than they could. Averaging ``T(g·v)`` over the
+        the 24 equivalent descriptions it starts from. Averaging ``T(g·v)`` over the
         rotations ``g`` makes the texture invariant; bicubic look-ups on a finer
         grid keep the average from blurring it, and bilinear projection from a
         grid twice as fine drops the interpolation error (NCC to a 4× bicubic

@@ -376,6 +376,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         "phase": mp.phase_name,
         "point_group": mp.point_group,
         "master_pattern_sha256": mp.sha256,
+        # How the texture trained on was derived from that file (see MasterPattern.symmetrised).
+        "master_pattern_texture": {k: mp.meta.get(k) for k in ("symmetrised", "upsampled")},
         "shape": list(cfg.shape),
         "pc_nominal": list(cfg.pc),
         "pc_range": [[p - cfg.pc_jitter, p + cfg.pc_jitter] for p in cfg.pc],
