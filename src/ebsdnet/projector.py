@@ -230,8 +230,10 @@ class MasterPattern:
 
         n = self.size
         data = self.texture.reshape(2, n, n).numpy().copy()
-        phase = self.phase.deepcopy() if self.phase is not None else None
-        phase = phase or Phase(point_group=self.point_group)
+        if self.phase is not None:
+            phase = self.phase.deepcopy()
+        else:
+            phase = Phase(point_group=self.point_group)
         return kp.signals.EBSDMasterPattern(
             data, hemisphere="both", projection="lambert", phase=phase
         )
@@ -263,11 +265,13 @@ class MasterPattern:
         if upsample is None:
             upsample = 2 if self.size < FINE_GRID else 1
         key = (self.sha256, self.point_group, upsample)
-        if self.sha256 and self.meta.get("symmetrised") is None and key in _SYMMETRISED:
+        # Only a file's own texture is cached: its hash names it (not a texture built in memory).
+        cacheable = bool(self.sha256) and self.meta.get("symmetrised") is None
+        if cacheable and key in _SYMMETRISED:
             texture = _SYMMETRISED[key]
         else:
             texture = self._symmetrised_texture(upsample, point_group_operators(self.point_group))
-            if self.sha256 and self.meta.get("symmetrised") is None:
+            if cacheable:
                 _SYMMETRISED.clear()  # keep one: ~5 MB each
                 _SYMMETRISED[key] = texture
         meta = {**self.meta, "symmetrised": self.point_group, "upsampled": upsample}
