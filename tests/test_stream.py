@@ -89,3 +89,24 @@ def test_fundamental_zone_sample_is_orix_s(group, orix_group):
     ours = sample_fundamental_zone(6.0, group)
     theirs = get_sample_fundamental(6.0, point_group=orix_point_group(orix_group))
     assert np.array_equal(ours, theirs.data)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stream_on_cuda_makes_its_batches_there(master_pattern):
+    degradation = DegradationConfig(falloff=(0.6, 1.0), clean_fraction=0.1)
+    stream = PatternStream(
+        master_pattern, batch_size=32, degradation=degradation, seed=3, at_nominal_pc=True,
+        device="cuda",
+    )  # fmt: skip
+    batch = stream.batch(0)
+    assert all(t.device.type == "cuda" for t in batch.values())
+    assert torch.equal(batch["patterns"], stream.batch(0)["patterns"])
+    assert torch.isfinite(batch["patterns"]).all()
+    clean = PatternStream(
+        master_pattern, batch_size=32, degradation=NOISE_FREE, seed=3, device="cuda"
+    ).batch(0)
+    projector = Projector(master_pattern, DetectorGeometry())
+    with torch.no_grad():
+        on_cpu = preprocess(projector(clean["quaternions"].cpu()))
+    assert normalised_cross_correlation(clean["patterns"].cpu(), on_cpu).min() > 0.9999

@@ -156,7 +156,8 @@ def held_out_sets(
     background, blur ≤ 1 px; ``detector_like``: dose 50–300, blur 0.5–1.5 px
     and band contrast fading towards the edges (width 0.6–1.0), as on real
     detectors. Seeds at or above 1,000,000 never meet training batches (those
-    use the run's seed).
+    use the run's seed). Made on the CPU whatever the training device, so that
+    figures compare across machines.
     """
     conditions = {
         "noise_free": NOISE_FREE,
@@ -277,9 +278,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         test = data.take(data.test_index)
         val_sets = {"dictionary_holdout": test}
     else:
+        # Made on the training device: on a GPU, a CPU stream would starve the steps.
         data = PatternStream(
             mp, geometry, cfg.batch_size, degradation, preprocessing, seed=cfg.seed,
-            at_nominal_pc=cfg.pc_known,
+            at_nominal_pc=cfg.pc_known, device=device,
         )  # fmt: skip
         val_sets = (
             held_out_sets(mp, geometry, cfg.val_size, cfg.seed + 1_000_000, cfg.pc_jitter)
