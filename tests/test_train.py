@@ -98,6 +98,26 @@ def test_fine_tuning_starts_from_the_model_and_says_so(trained_run, tmp_path):
     assert card["validation"]["noise_free"]["mean"] < 0.7 * RANDOM_MEAN_DEG
 
 
+def test_evaluate_writes_its_figures_and_conditions_into_a_copy_of_the_card(
+    trained_run, tmp_path, capsys
+):
+    from ebsdnet.train import held_out_conditions
+
+    for name in ("model.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((trained_run / name).read_bytes())
+    assert main(["evaluate", str(tmp_path / "model"), "--n", "16", "--update-card"]) == 0
+    printed = capsys.readouterr().out
+    card = json.loads((tmp_path / "model.json").read_text())
+    held_out = card["held_out"]
+    assert held_out["command"].endswith("--n 16 --seed 2000000")
+    for name, condition in held_out_conditions(0.0).items():  # SMALL: --pc-jitter 0
+        assert held_out[name]["n"] == 16
+        assert f"{held_out[name]['mean']:.3f}°" in printed
+        assert held_out["conditions"][name] == condition.describe()
+    assert "band contrast" in held_out["conditions"]["moderate"]
+    load_model(tmp_path / "model")  # the weights' checksum still matches the card
+
+
 def test_a_bad_init_from_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["-q", "train", "-o", str(out), "--steps", "2", "--init-from", str(tmp_path / "nope")]

@@ -154,7 +154,7 @@ def cmd_evaluate(args) -> None:
 
     from ebsdnet.cards import ModelFileError, load_model
     from ebsdnet.projector import DetectorGeometry
-    from ebsdnet.train import evaluate, held_out_sets, pick_device
+    from ebsdnet.train import evaluate, held_out_conditions, held_out_sets, pick_device
 
     device = pick_device(args.device)
     try:
@@ -183,10 +183,7 @@ def cmd_evaluate(args) -> None:
             "conditions": {
                 "pattern_centre": "each pattern's PC is known: patterns are resampled from it "
                 "to the nominal PC before the CNN, as ebsdnet index does",
-                "noise_free": "no noise, nominal PC",
-                "moderate": f"dose 100 counts/pixel, PC jitter ±{jitter:g}",
-                "detector_like": "dose 50–300, blur 0.5–1.5 px, band contrast fading towards "
-                f"the edges (width 0.6–1.0 of the half-width), PC jitter ±{jitter:g}",
+                **{k: c.describe() for k, c in held_out_conditions(jitter).items()},
             },
             **figures,
         }

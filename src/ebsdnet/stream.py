@@ -83,6 +83,43 @@ class DegradationConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The conditions in words, for model cards.
+
+        Examples
+        --------
+        >>> NOISE_FREE.describe()
+        'no noise, nominal PC'
+        >>> print(DegradationConfig(dose=(100.0, 100.0)).describe())
+        dose 100 counts/pixel, band contrast 0.25–0.6, background fall-off 0–0.6,
+        blur 0–1 px, PC jitter ±0.03, hot and dead pixels 0.1%
+        """
+        if self.dose is None and self.contrast == (1.0, 1.0) and self.blur[1] == 0:
+            parts = ["no noise"]
+        else:
+            parts = [] if self.dose is None else [f"dose {_span(self.dose)} counts/pixel"]
+            parts.append(f"band contrast {_span(self.contrast)}")
+        if self.falloff is not None:
+            parts.append(
+                f"band contrast fading towards the edges (width {_span(self.falloff)} of the "
+                "half-width)"
+            )
+        if self.background_strength[1] > 0:
+            parts.append(f"background fall-off {_span(self.background_strength)}")
+        if self.blur[1] > 0:
+            parts.append(f"blur {_span(self.blur)} px")
+        parts.append(f"PC jitter ±{self.pc_jitter:g}" if self.pc_jitter else "nominal PC")
+        if self.bad_pixel_fraction > 0:
+            parts.append(f"hot and dead pixels {100 * self.bad_pixel_fraction:g}%")
+        if self.clean_fraction > 0:
+            parts.append(f"{100 * self.clean_fraction:g}% left noise-free")
+        return ", ".join(parts)
+
+
+def _span(lo_hi: tuple[float, float]) -> str:
+    lo, hi = lo_hi
+    return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+
 
 NOISE_FREE = DegradationConfig(
     dose=None, contrast=(1.0, 1.0), blur=(0.0, 0.0), background_strength=(0.0, 0.0),

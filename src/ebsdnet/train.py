@@ -35,7 +35,7 @@ from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_patte
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
 from ebsdnet.stream import NOISE_FREE, DegradationConfig, PatternStream
 
-__all__ = ["TrainConfig", "evaluate", "held_out_sets", "train"]
+__all__ = ["TrainConfig", "evaluate", "held_out_conditions", "held_out_sets", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -147,27 +147,31 @@ class DictionaryBatches:
         return self.take(rng.choice(self.train_index, self.batch_size, replace=False))
 
 
-def held_out_sets(
-    mp: MasterPattern, geometry: DetectorGeometry, n: int, seed: int, pc_jitter: float = 0.03
-) -> dict[str, dict]:
-    """Fixed held-out sets, all with random pattern-centre jitter except the first.
-
-    ``noise_free`` (nominal PC); ``moderate``: dose 100, random contrast and
-    background, blur ≤ 1 px; ``detector_like``: dose 50–300, blur 0.5–1.5 px
-    and band contrast fading towards the edges (width 0.6–1.0), as on real
-    detectors. Seeds at or above 1,000,000 never meet training batches (those
-    use the run's seed). Made on the CPU whatever the training device, so that
-    figures compare across machines.
-    """
-    conditions = {
+def held_out_conditions(pc_jitter: float = 0.03) -> dict[str, DegradationConfig]:
+    """The held-out sets' degradations: ``noise_free`` (nominal PC); ``moderate``:
+    dose 100 with the stream's random contrast, background and blur ≤ 1 px;
+    ``detector_like``: dose 50–300, blur 0.5–1.5 px and band contrast fading
+    towards the edges (width 0.6–1.0), as on real detectors."""
+    return {
         "noise_free": NOISE_FREE,
         "moderate": DegradationConfig(dose=(100.0, 100.0), pc_jitter=pc_jitter),
         "detector_like": DegradationConfig(
             dose=(50.0, 300.0), blur=(0.5, 1.5), falloff=(0.6, 1.0), pc_jitter=pc_jitter
         ),
     }
+
+
+def held_out_sets(
+    mp: MasterPattern, geometry: DetectorGeometry, n: int, seed: int, pc_jitter: float = 0.03
+) -> dict[str, dict]:
+    """Fixed held-out sets of :func:`held_out_conditions`.
+
+    Seeds at or above 1,000,000 never meet training batches (those use the
+    run's seed). Made on the CPU whatever the training device, so that figures
+    compare across machines.
+    """
     sets = {}
-    for name, degradation in conditions.items():
+    for name, degradation in held_out_conditions(pc_jitter).items():
         stream = PatternStream(mp, geometry, batch_size=n, degradation=degradation, seed=seed)
         sets[name] = stream.batch(0)
     return sets
