@@ -197,3 +197,30 @@ def test_a_tampered_model_and_another_master_pattern_are_refused(good_file, tmp_
     other = replace(nickel, texture=nickel.texture.flip(-1), sha256="another")
     with pytest.raises(IndexingError, match="master pattern"):
         index(kp.load(good_file), master_pattern=other, show_progressbar=False)
+
+
+@pytest.mark.parametrize("suffix", [".ang", ".ctf", ".h5"])
+def test_a_map_of_blank_patterns_is_written_with_none_indexed(good_file, tmp_path, suffix, capsys):
+    import kikuchipy as kp
+    from orix import io
+
+    blank = kp.load(good_file)
+    blank.data[:] = 7  # an area off the sample, say: no pattern anywhere
+    blank.save(tmp_path / "blank.h5")
+    out, ipf = tmp_path / f"map{suffix}", tmp_path / "ipf.png"
+    assert _index_cli(tmp_path / "blank.h5", out, "--ipf", str(ipf)) == 0
+    assert "indexed 0 of 6 patterns" in capsys.readouterr().out
+    back = io.load(out)
+    assert back.size == 6 and not back.is_indexed.any()
+    assert ipf.stat().st_size > 0
+
+
+def test_a_batch_of_blank_patterns_leaves_the_other_batches_alone(good_file):
+    import kikuchipy as kp
+
+    signal = kp.load(good_file)
+    good = index(signal, batch_size=3, show_progressbar=False)
+    signal.data[0] = 7  # the first row of three: the whole first batch
+    xmap = index(signal, batch_size=3, show_progressbar=False)
+    assert list(xmap.phase_id) == [-1, -1, -1, 0, 0, 0]
+    assert np.array_equal(xmap.rotations.data[3:], good.rotations.data[3:])

@@ -242,7 +242,8 @@ def cmd_index(args) -> None:
         raise UserError(str(exc)) from exc
     except OSError as exc:  # disk full, permissions changed mid-run
         raise UserError(f"cannot write {out}: {exc}") from exc
-    print(f"indexed {xmap.size:,} patterns: wrote {out}")
+    n_indexed = int((xmap.phase_id >= 0).sum())
+    print(f"indexed {n_indexed:,} of {xmap.size:,} patterns: wrote {out}")
     if args.ipf:
         print(f"wrote {write_ipf_map(xmap, args.ipf)}")
 

@@ -822,7 +822,7 @@ def index(
         phase = master_pattern.phase.deepcopy()
     else:
         phase = Phase(name=card.get("phase") or "phase", point_group=card["point_group"])
-    return CrystalMap(
+    xmap = CrystalMap(
         rotations=Rotation(quaternions),
         phase_id=np.where(not_indexed, -1, 0),
         x=(xx.ravel() * dx).astype(float),
@@ -831,6 +831,9 @@ def index(
         prop=prop,
         scan_unit=str(am.navigation_axes[0].units) if am.navigation_axes else "px",
     )
+    if 0 not in xmap.phases.ids:  # orix drops phases no point has: keep it for the files
+        xmap.phases.add(phase)
+    return xmap
 
 
 # Oxford's Laue-group numbers in .ctf phase lines (the inverse of orix's reader's table).

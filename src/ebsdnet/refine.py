@@ -330,6 +330,11 @@ def refine_orientations(
     target = patterns.to(device).float()
     b = target.shape[0]
     pcs = (projector.default_pc.expand(b, 3) if pc is None else pc.to(device)).float().clone()
+    if b == 0:  # e.g. a batch of a map whose patterns were all blank
+        none = torch.zeros(0, device=device)
+        return RefineResult(
+            torch.zeros(0, 4, device=device), pcs, none, none, none.long()
+        )  # fmt: skip
     n_params = 6 if refine_pc else 3
     tol = math.radians(tol_deg)
 
