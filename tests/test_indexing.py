@@ -386,3 +386,56 @@ def test_an_unreachable_scheduler_is_one_clear_error(written, tmp_path, capsys, 
     code = main([*args, "--scheduler", "tcp://127.0.0.1:9"])
     assert code == 2 and not out.exists()
     assert "cannot reach the dask scheduler" in capsys.readouterr().err
+
+
+def test_16_bit_patterns_index_like_8_bit_ones(sim_map):
+    assert sim_map.data.dtype == np.uint8
+    counts = type(sim_map)(
+        sim_map.data.astype(np.uint16) * 200,  # a 16-bit detector's range
+        detector=sim_map.detector,
+        static_background=sim_map.static_background.astype(np.float32) * 200,
+    )
+    eight = index(sim_map, model=MODEL, show_progressbar=False)
+    sixteen = index(counts, model=MODEL, show_progressbar=False)
+    diff = disorientation_deg(
+        torch.tensor(sixteen.rotations.data), torch.tensor(eight.rotations.data)
+    )
+    assert diff.max() < 0.01 and sixteen.is_indexed.all()
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 3), (3, 1), (1, 1)])
+def test_a_line_scan_or_a_single_pattern_is_written_and_drawn(sim_map, tmp_path, rows, cols):
+    from orix import io
+
+    part = sim_map.inav[:cols, :rows]
+    if rows == cols == 1:
+        part = sim_map.inav[0, 0]  # no navigation axis at all
+    part.save(tmp_path / "part.h5")
+    # orix's .ctf reader takes no one-line file: a single point is checked in .h5
+    out = tmp_path / ("map.h5" if rows == cols == 1 else "map.ctf")
+    png = tmp_path / "ipf.png"
+    args = ["-q", "index", str(tmp_path / "part.h5"), "-o", str(out), "--ipf", str(png)]
+    assert main(args) == 0 and png.stat().st_size > 1000
+    back = io.load(out)
+    assert back.size == rows * cols and back.is_indexed.all()
+    # orix writes no .ang of fewer than four points: refused before any indexing
+    ang = tmp_path / "part.ang"
+    assert main(["-q", "index", str(tmp_path / "part.h5"), "-o", str(ang)]) == 2
+    assert not ang.exists()
+
+
+def test_points_not_indexed_are_black_in_the_ipf_map(sim_map):
+    from ebsdnet.indexing import ipf_image
+
+    xmap = index(sim_map, model=MODEL, show_progressbar=False, min_ncc=0.0)
+    assert ipf_image(xmap).shape == (5, 6, 3) and ipf_image(xmap).max(-1).min() > 0
+    xmap = index(sim_map, model=MODEL, show_progressbar=False, min_ncc=1.01)  # none
+    assert not ipf_image(xmap).any()
+
+
+def test_the_map_may_not_overwrite_its_patterns(written, capsys):
+    src = written / "map.h5"
+    before = src.read_bytes()
+    assert main(["-q", "index", str(src), "-o", str(src), "--force"]) == 2
+    assert "overwrite the pattern file" in capsys.readouterr().err
+    assert src.read_bytes() == before

@@ -192,16 +192,25 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_index(args) -> None:
+    import numpy as np
+
     from ebsdnet.cards import ModelFileError
-    from ebsdnet.indexing import MIN_NCC, IndexingError, index, save_map, write_ipf_map
+    from ebsdnet.indexing import (
+        MIN_NCC,
+        IndexingError,
+        check_map_path,
+        index,
+        save_map,
+        write_ipf_map,
+    )
 
     src = Path(args.patterns)
     out = Path(args.output)
     if not src.is_file():
         raise UserError(f"pattern file {src} does not exist")
+    if out.resolve() == src.resolve():  # even with --force: the patterns would be lost
+        raise UserError(f"the map would overwrite the pattern file {src}: choose another name")
     _check_output(out, args.force)
-    if out.suffix.lower() not in (".ang", ".ctf", ".h5", ".hdf5"):
-        raise UserError(f"cannot write {out.name}: the output must end in .ang, .ctf or .h5")
     if args.ipf:
         _check_output(Path(args.ipf), args.force)
     if args.no_refine and args.refine_pc:
@@ -216,6 +225,10 @@ def cmd_index(args) -> None:
         raise UserError(f"cannot read patterns from {src}: {exc}") from exc
     if isinstance(signal, list) or not hasattr(signal, "detector"):
         raise UserError(f"{src} holds no single EBSD map")
+    try:  # before the indexing: a map that cannot be written fails at once
+        check_map_path(out, int(np.prod(signal.axes_manager.navigation_shape)))
+    except IndexingError as exc:
+        raise UserError(str(exc)) from exc
     mp = _master_pattern(args) if args.master_pattern else None
     # Finished batches are kept beside the output until the map is written.
     progress = out.with_name(f".{out.name}.batches")

@@ -45,8 +45,10 @@ from ebsdnet.refine import NOISE_TOL, _first_line, _Kernel, match_ncc, refine_or
 __all__ = [
     "MIN_NCC",
     "IndexingError",
+    "check_map_path",
     "fallback_dictionary",
     "index",
+    "ipf_image",
     "save_map",
     "write_ipf_map",
 ]
@@ -435,7 +437,10 @@ class _BatchIndexer:
     def run(self, raw: np.ndarray, pc_block: np.ndarray, fit_pc: bool, iterations: int):
         """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
         dev = torch.device(self.device)
-        raw = torch.from_numpy(np.asarray(raw))
+        raw = np.asarray(raw)
+        if raw.dtype.kind == "u" and raw.dtype.itemsize > 1:  # 16-bit detectors: torch's
+            raw = raw.astype(np.int32 if raw.dtype.itemsize == 2 else np.int64)  # uint16 lacks ops
+        raw = torch.from_numpy(raw)
         bg = None if self.background is None else torch.from_numpy(self.background)
         # NaN/inf, constant or saturated patterns carry no orientation: mark them
         # not indexed, and zero them so that they cannot disturb the batch.
@@ -852,6 +857,14 @@ _CTF_LAUE_IDS = {
 }
 
 
+def _grid(xmap) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Rows and columns of a map's grid, and every point's ``x`` and ``y``: orix keeps
+    no coordinate along an axis of one point (a line scan, a single pattern)."""
+    x = np.zeros(xmap.size) if xmap.x is None else np.asarray(xmap.x, dtype=float)
+    y = np.zeros(xmap.size) if xmap.y is None else np.asarray(xmap.y, dtype=float)
+    return len(np.unique(y)), len(np.unique(x)), x, y
+
+
 def _write_ctf(xmap, path: Path) -> None:
     """Oxford Channel Text File, as orix's CTF reader expects it.
 
@@ -859,7 +872,7 @@ def _write_ctf(xmap, path: Path) -> None:
     orix reads them back; the NCC goes in the BC column (×255, 0..255) and
     not-indexed points get phase 0.
     """
-    rows, cols = xmap.shape if xmap.ndim == 2 else (1, xmap.size)
+    rows, cols, x, y = _grid(xmap)
     euler = np.rad2deg(xmap.rotations.to_euler())
     phase = xmap.phases[0]
     laue = phase.point_group.laue.name
@@ -872,8 +885,8 @@ def _write_ctf(xmap, path: Path) -> None:
         "JobMode\tGrid",
         f"XCells\t{cols}",
         f"YCells\t{rows}",
-        f"XStep\t{xmap.dx:.4f}",
-        f"YStep\t{xmap.dy:.4f}",
+        f"XStep\t{xmap.dx or xmap.dy:.4f}",
+        f"YStep\t{xmap.dy or xmap.dx:.4f}",
         "AcqE1\t0",
         "AcqE2\t0",
         "AcqE3\t0",
@@ -890,9 +903,27 @@ def _write_ctf(xmap, path: Path) -> None:
         for i in range(xmap.size):
             bc = round(255 * max(0.0, float(ncc[i])))
             f.write(
-                f"{int(indexed[i])}\t{xmap.x[i]:.4f}\t{xmap.y[i]:.4f}\t0\t0\t"
+                f"{int(indexed[i])}\t{x[i]:.4f}\t{y[i]:.4f}\t0\t0\t"
                 f"{euler[i, 0]:.5f}\t{euler[i, 1]:.5f}\t{euler[i, 2]:.5f}\t0\t{bc}\t0\n"
             )
+
+
+#: orix (0.15) writes no ``.ang`` map of fewer points: it takes their three or fewer
+#: values for one colour.
+ANG_MIN_POINTS = 4
+
+
+def check_map_path(path: str | Path, n_points: int) -> None:
+    """Raise :class:`IndexingError` unless :func:`save_map` can write ``n_points`` there."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".ang", ".ctf", ".h5", ".hdf5"):
+        raise IndexingError(f"cannot write {path.name}: the output must end in .ang, .ctf or .h5")
+    if suffix == ".ang" and n_points < ANG_MIN_POINTS:
+        raise IndexingError(
+            f"orix writes no .ang map of fewer than {ANG_MIN_POINTS} points "
+            f"(this one has {n_points}): write .ctf or .h5"
+        )
 
 
 def save_map(xmap, path: str | Path) -> Path:
@@ -905,8 +936,7 @@ def save_map(xmap, path: str | Path) -> Path:
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".ang", ".ctf", ".h5", ".hdf5"):
-        raise IndexingError(f"cannot write {path.name}: use .ang, .ctf or .h5")
+    check_map_path(path, xmap.size)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         if suffix == ".ctf":
@@ -920,16 +950,28 @@ def save_map(xmap, path: str | Path) -> Path:
     return path
 
 
+def ipf_image(xmap, direction: str = "z") -> np.ndarray:
+    """IPF colours of a map from :func:`index`, ``(rows, cols, 3)``; not indexed: black."""
+    from ebsdnet.plots import ipf_rgb
+
+    rows, cols, _, _ = _grid(xmap)
+    point_group = xmap.phases[0].point_group.name
+    q = torch.from_numpy(xmap.rotations.data)
+    rgb = ipf_rgb(q, point_group, (rows, cols), direction)
+    rgb[(xmap.phase_id < 0).reshape(rows, cols)] = 0.0
+    return rgb
+
+
 def write_ipf_map(xmap, path: str | Path, direction: str = "z") -> Path:
-    """Save an inverse-pole-figure colour map (sample ``direction``) as PNG."""
-    from ebsdnet.plots import ipf_rgb, pyplot
+    """Save an inverse-pole-figure colour map (sample ``direction``) as PNG; points not
+    indexed are black."""
+    from ebsdnet.plots import pyplot
 
     plt = pyplot()
     phase = xmap.phases[0]
-    rgb = ipf_rgb(
-        torch.from_numpy(xmap.rotations.data), phase.point_group.name, xmap.shape, direction
-    )
-    fig, ax = plt.subplots(figsize=(5, 5 * xmap.shape[0] / max(1, xmap.shape[1]) + 0.5))
+    rgb = ipf_image(xmap, direction)
+    rows, cols = rgb.shape[:2]
+    fig, ax = plt.subplots(figsize=(5, 5 * rows / cols + 0.5))
     ax.imshow(rgb, interpolation="nearest")
     ax.set_title(f"IPF-{direction.upper()} ({phase.name})", fontsize=10)
     ax.axis("off")
