@@ -165,6 +165,26 @@ def test_real_patterns_index_with_the_dictionary_fallback():
     assert err_without.mean() > 5  # the CNN alone is lost on these patterns
 
 
+def test_a_small_scan_without_a_background_in_the_file_uses_its_blurred_mean():
+    """Files of some formats hold no static background (EDAX .up2, Oxford .ebsp): a small
+    map then has too few grains for a plain mean, and none at all loses real patterns."""
+    import kikuchipy as kp
+
+    s = kp.data.nickel_ebsd_small()
+    truth = torch.tensor(s.xmap.rotations.data)
+    bare = kp.signals.EBSD(s.data.copy(), detector=s.detector)  # the file's background gone
+    xmap = index(bare, model=MODEL, show_progressbar=False)
+    err = disorientation_deg(torch.tensor(xmap.rotations.data), truth, "m-3m")
+    # Measured: all 9, 0.18° mean, max 0.31° (no background: 3 of 9 indexed).
+    assert (xmap.phase_id == 0).all() and err.mean() < 0.3 and err.max() < 0.5
+    few_grains = simulate_map((4, 4), n_grains=2, seed=1)
+    bare = kp.signals.EBSD(few_grains.data, detector=few_grains.detector)
+    xmap = index(bare, model=MODEL, show_progressbar=False)
+    truth = torch.tensor(few_grains.xmap.rotations.data)
+    err = disorientation_deg(torch.tensor(xmap.rotations.data), truth, "m-3m")
+    assert err.mean() < 0.03  # measured 0.011° over 3 maps; the plain mean 0.104°
+
+
 def test_the_fallback_keeps_the_best_refinement_of_every_dictionary_candidate(master_pattern):
     """Patterns no candidate lifts above the fallback threshold (noise) try them all:
     the kept NCC is the best of the start's and each dictionary candidate's refinement."""

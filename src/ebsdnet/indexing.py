@@ -32,7 +32,7 @@ from ebsdnet.models import (
     resolve_precision,
     sigmoid_gelu,
 )
-from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin_factor
+from ebsdnet.preprocess import PreprocessConfig, gaussian_blur, preprocess, rebin_factor
 from ebsdnet.projector import (
     DetectorGeometry,
     MasterPattern,
@@ -58,6 +58,15 @@ log = logging.getLogger(__name__)
 #: Default not-indexed threshold on the final NCC: refined wrong orientations measured
 #: 0.05–0.08 (real patterns, dose 15), right ones ≥ 0.2 down to dose 15.
 MIN_NCC = 0.1
+#: Without a background in the file, the scan's mean pattern serves from this many
+#: patterns on. Below, few grains leave bands in the mean; it is blurred by
+#: ``SMALL_SCAN_BLUR`` of the pattern width first. Measured on simulated maps without
+#: their background (noise-free, mean error): 100 patterns of 10 grains 0.009° with no
+#: background, 0.028° with the plain mean, 0.009° blurred; 16 of 2 grains 0.014°, 0.104°,
+#: 0.011°. The nine real Ni patterns stripped of theirs: 3 indexed with none, all 9 with
+#: the blurred mean (errors 0.1–0.4°; 0.03–0.18° with the file's background).
+SCAN_MEAN_MIN_PATTERNS = 1000
+SMALL_SCAN_BLUR = 0.05
 #: Refined NCC below which the dictionary fallback is tried.
 FALLBACK_NCC = 0.2
 FALLBACK_RESOLUTION_DEG = 3.0
@@ -168,10 +177,14 @@ def _static_background(signal, use: bool) -> np.ndarray | None:
         return np.asarray(bg, dtype=np.float32)
     # No background in the file: the scan's mean pattern, where bands average out.
     nav_axes = tuple(range(signal.axes_manager.navigation_dimension))
-    if signal.axes_manager.navigation_size < 10:
-        return None  # too few patterns: their mean would still hold bands
     mean = signal.data.mean(axis=nav_axes)
-    return np.asarray(mean.compute() if hasattr(mean, "compute") else mean, dtype=np.float32)
+    mean = np.asarray(mean.compute() if hasattr(mean, "compute") else mean, dtype=np.float32)
+    if signal.axes_manager.navigation_size >= SCAN_MEAN_MIN_PATTERNS:
+        return mean
+    # Few patterns, few grains: blurred, their mean keeps the detector's profile and
+    # loses most of its bands.
+    blurred = gaussian_blur(torch.from_numpy(mean)[None], SMALL_SCAN_BLUR * mean.shape[-1])
+    return blurred[0].numpy()
 
 
 _FALLBACK_DICTIONARIES: dict[tuple, object] = {}
