@@ -118,6 +118,27 @@ def test_evaluate_writes_its_figures_and_conditions_into_a_copy_of_the_card(
     load_model(tmp_path / "model")  # the weights' checksum still matches the card
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--val-size", "0"], "val-size must be at least 1"),
+        (["--lr", "-1"], "lr must be positive"),
+        (["--dose", "0", "10"], "dose must be"),
+        (["--pc", "0.5", "0.5", "0"], "physical range"),
+        (["--pc", "0.99", "0.5", "0.5"], "physical range"),  # + the jitter
+        (["--shape", "10", "10"], "too small"),
+        (["--model", "nope"], "unknown model"),
+        (["--device", "nope"], "unknown device"),
+    ],
+)
+def test_bad_training_settings_are_one_line_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_a_bad_init_from_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["-q", "train", "-o", str(out), "--steps", "2", "--init-from", str(tmp_path / "nope")]

@@ -137,6 +137,10 @@ def cmd_train(args) -> None:
                 if v is not None
             },
         }
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     if cfg.master_pattern and not Path(cfg.master_pattern).is_file():
         raise UserError(f"master pattern file {cfg.master_pattern} does not exist")
     if cfg.dictionary and not Path(cfg.dictionary).is_file():

@@ -77,6 +77,58 @@ class TrainConfig:
     # this field existed trained in float32 on CPUs.
     precision: str = "auto"
 
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting no run can use.
+
+        Examples
+        --------
+        >>> TrainConfig(dose=(0.0, 10.0)).check()
+        Traceback (most recent call last):
+        ...
+        ValueError: dose must be 0 < MIN ≤ MAX counts/pixel, not (0.0, 10.0)
+        """
+        from ebsdnet.models import MODELS
+        from ebsdnet.projector import unphysical_pattern_centres
+
+        def fail(message: str) -> None:
+            raise ValueError(message)
+
+        if self.model not in MODELS:
+            fail(f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
+        for name in ("steps", "batch_size", "val_size", "val_every"):
+            if getattr(self, name) < 1:
+                fail(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            fail("lr must be positive, weight decay and warm-up steps not negative")
+        if not self.checkpoint_minutes > 0 or (
+            self.time_limit_minutes is not None and not self.time_limit_minutes > 0
+        ):
+            fail("checkpoint and time-limit minutes must be positive")
+        if min(self.shape) < 16:
+            fail(f"pattern shape {tuple(self.shape)} is too small (at least 16×16)")
+        centres = [[p + s * self.pc_jitter for p in self.pc] for s in (-1, 0, 1)]
+        if self.pc_jitter < 0 or unphysical_pattern_centres(np.array(centres)).any():
+            fail(
+                f"pattern centre {tuple(self.pc)} ± {self.pc_jitter:g} leaves the physical "
+                "range 0 ≤ x, y ≤ 1, z > 0"
+            )
+        if self.dose is not None and not 0 < self.dose[0] <= self.dose[1]:
+            fail(f"dose must be 0 < MIN ≤ MAX counts/pixel, not {tuple(self.dose)}")
+        if not 0 <= self.blur[0] <= self.blur[1]:
+            fail(f"blur must be 0 ≤ MIN ≤ MAX pixels, not {tuple(self.blur)}")
+        if self.falloff is not None and not 0 < self.falloff[0] <= self.falloff[1]:
+            fail(f"fall-off must be 0 < MIN ≤ MAX, not {tuple(self.falloff)}")
+        if not 0 <= self.clean_fraction <= 1:
+            fail(f"clean fraction must lie in 0–1, not {self.clean_fraction}")
+        if self.precision not in TRAINING_PRECISIONS:
+            fail(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
+        try:
+            device = pick_device(self.device)
+        except RuntimeError:  # torch's own message lists every device type it knows
+            fail(f"unknown device {self.device!r}: auto, cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            fail("--device cuda, but torch sees no CUDA device")
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
@@ -253,6 +305,8 @@ def _save_checkpoint(path: Path, model, optimizer, step: int, state: dict) -> No
 def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True) -> Path | None:
     """Run (or resume) training; returns the card path on rank 0 when the run completes."""
     from tqdm.auto import tqdm
+
+    cfg.check()
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
