@@ -224,3 +224,19 @@ def test_a_batch_of_blank_patterns_leaves_the_other_batches_alone(good_file):
     xmap = index(signal, batch_size=3, show_progressbar=False)
     assert list(xmap.phase_id) == [-1, -1, -1, 0, 0, 0]
     assert np.array_equal(xmap.rotations.data[3:], good.rotations.data[3:])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "batch size must be at least 1"),
+        (["--min-ncc", "2"], "min_ncc must lie in 0–1"),
+        (["--device", "nope"], "unknown device"),
+    ],
+)
+def test_bad_indexing_options_are_one_line(good_file, tmp_path, capsys, args, message):
+    out = tmp_path / "map.ang"
+    assert _index_cli(good_file, out, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".*"))

@@ -139,6 +139,20 @@ def test_bad_training_settings_are_one_line_and_write_nothing(tmp_path, capsys, 
     assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "0"], "--n must be at least 1"),
+        (["--seed", "21"], "may be a training seed"),
+        (["--device", "nope"], "unknown device"),
+    ],
+)
+def test_bad_evaluation_options_are_one_line(capsys, args, message):
+    assert main(["evaluate", "ni-60", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_bad_init_from_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["-q", "train", "-o", str(out), "--steps", "2", "--init-from", str(tmp_path / "nope")]

@@ -160,10 +160,16 @@ def cmd_evaluate(args) -> None:
     from ebsdnet.projector import DetectorGeometry
     from ebsdnet.train import evaluate, held_out_conditions, held_out_sets, pick_device
 
-    device = pick_device(args.device)
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, not {args.n}")
+    if args.seed < 1_000_000:  # training batches use the run's seed: below, they may meet
+        raise UserError(
+            f"--seed {args.seed} may be a training seed: held-out seeds are ≥ 1,000,000"
+        )
     try:
+        device = pick_device(args.device)
         model, card = load_model(args.model, device=device)
-    except ModelFileError as exc:
+    except (ModelFileError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     mp = _master_pattern(args)
     if mp.sha256 != card["master_pattern_sha256"]:

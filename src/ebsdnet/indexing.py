@@ -716,7 +716,14 @@ def index(
 
     from ebsdnet.train import pick_device
 
-    dev = pick_device(device)
+    if batch_size < 1:
+        raise IndexingError(f"the batch size must be at least 1, not {batch_size}")
+    if not 0 <= min_ncc <= 1:
+        raise IndexingError(f"min_ncc must lie in 0–1 (an NCC), not {min_ncc}")
+    try:
+        dev = pick_device(device)
+    except ValueError as exc:
+        raise IndexingError(str(exc)) from None
     net, card = _inference_model(model, dev)
     model_shape = tuple(card["shape"])
     if master_pattern is None:

@@ -122,12 +122,7 @@ class TrainConfig:
             fail(f"clean fraction must lie in 0–1, not {self.clean_fraction}")
         if self.precision not in TRAINING_PRECISIONS:
             fail(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
-        try:
-            device = pick_device(self.device)
-        except RuntimeError:  # torch's own message lists every device type it knows
-            fail(f"unknown device {self.device!r}: auto, cpu, cuda or cuda:N")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            fail("--device cuda, but torch sees no CUDA device")
+        pick_device(self.device)  # raises ValueError for a device there is not
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -159,10 +154,22 @@ def training_precision(device: torch.device, precision: str = "auto") -> str:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
+    """``auto`` → CUDA when available, else CPU.
+
+    Raises
+    ------
+    ValueError
+        For a name torch does not know, or CUDA where torch sees none.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's own message lists every device type it knows
+        raise ValueError(f"unknown device {name!r}: auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}, but torch sees no CUDA device")
+    return device
 
 
 class DictionaryBatches:
