@@ -451,8 +451,9 @@ class _BatchIndexer:
         """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
         dev = torch.device(self.device)
         raw = np.asarray(raw)
-        if raw.dtype.kind == "u" and raw.dtype.itemsize > 1:  # 16-bit detectors: torch's
-            raw = raw.astype(np.int32 if raw.dtype.itemsize == 2 else np.int64)  # uint16 lacks ops
+        # 16-bit detectors: torch's unsigned types above 8 bits lack most operations.
+        if raw.dtype.kind == "u" and raw.dtype.itemsize > 1:
+            raw = raw.astype(np.int32 if raw.dtype.itemsize == 2 else np.int64)
         raw = torch.from_numpy(raw)
         bg = None if self.background is None else torch.from_numpy(self.background)
         # NaN/inf, constant or saturated patterns carry no orientation: mark them

@@ -90,38 +90,37 @@ class TrainConfig:
         from ebsdnet.models import MODELS
         from ebsdnet.projector import unphysical_pattern_centres
 
-        def fail(message: str) -> None:
-            raise ValueError(message)
-
         if self.model not in MODELS:
-            fail(f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}")
+            known = ", ".join(sorted(MODELS))
+            raise ValueError(f"unknown model {self.model!r}; choose from {known}")
         for name in ("steps", "batch_size", "val_size", "val_every"):
-            if getattr(self, name) < 1:
-                fail(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {value}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            fail("lr must be positive, weight decay and warm-up steps not negative")
+            raise ValueError("lr must be positive, weight decay and warm-up steps not negative")
         if not self.checkpoint_minutes > 0 or (
             self.time_limit_minutes is not None and not self.time_limit_minutes > 0
         ):
-            fail("checkpoint and time-limit minutes must be positive")
+            raise ValueError("checkpoint and time-limit minutes must be positive")
         if min(self.shape) < 16:
-            fail(f"pattern shape {tuple(self.shape)} is too small (at least 16×16)")
+            raise ValueError(f"pattern shape {tuple(self.shape)} is too small (at least 16×16)")
         centres = [[p + s * self.pc_jitter for p in self.pc] for s in (-1, 0, 1)]
         if self.pc_jitter < 0 or unphysical_pattern_centres(np.array(centres)).any():
-            fail(
+            raise ValueError(
                 f"pattern centre {tuple(self.pc)} ± {self.pc_jitter:g} leaves the physical "
                 "range 0 ≤ x, y ≤ 1, z > 0"
             )
         if self.dose is not None and not 0 < self.dose[0] <= self.dose[1]:
-            fail(f"dose must be 0 < MIN ≤ MAX counts/pixel, not {tuple(self.dose)}")
+            raise ValueError(f"dose must be 0 < MIN ≤ MAX counts/pixel, not {tuple(self.dose)}")
         if not 0 <= self.blur[0] <= self.blur[1]:
-            fail(f"blur must be 0 ≤ MIN ≤ MAX pixels, not {tuple(self.blur)}")
+            raise ValueError(f"blur must be 0 ≤ MIN ≤ MAX pixels, not {tuple(self.blur)}")
         if self.falloff is not None and not 0 < self.falloff[0] <= self.falloff[1]:
-            fail(f"fall-off must be 0 < MIN ≤ MAX, not {tuple(self.falloff)}")
+            raise ValueError(f"fall-off must be 0 < MIN ≤ MAX, not {tuple(self.falloff)}")
         if not 0 <= self.clean_fraction <= 1:
-            fail(f"clean fraction must lie in 0–1, not {self.clean_fraction}")
+            raise ValueError(f"clean fraction must lie in 0–1, not {self.clean_fraction}")
         if self.precision not in TRAINING_PRECISIONS:
-            fail(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
+            raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
         pick_device(self.device)  # raises ValueError for a device there is not
 
     @classmethod
