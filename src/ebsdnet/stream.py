@@ -237,9 +237,10 @@ class PatternStream(torch.utils.data.IterableDataset):
     the network (``pc`` still says where each was simulated).
 
     ``device`` is where batches are made and returned: the projector, the
-    degradations and the conditioning are torch, so on a GPU the stream keeps
-    pace with training (one CPU process makes ≈2,000 60×60 patterns/s). Batches
-    are reproducible per device; CPU and CUDA random numbers differ.
+    degradations and the conditioning are torch, so they run on a GPU too (one
+    CPU process makes ≈2,000 60×60 patterns/s, too few to keep a GPU's training
+    steps busy; the rate on a GPU is not measured yet). Batches are reproducible
+    per device; CPU and CUDA random numbers differ.
 
     Examples
     --------
