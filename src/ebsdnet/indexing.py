@@ -64,7 +64,7 @@ MIN_NCC = 0.1
 #: their background (noise-free, mean error): 100 patterns of 10 grains 0.009° with no
 #: background, 0.028° with the plain mean, 0.009° blurred; 16 of 2 grains 0.014°, 0.104°,
 #: 0.011°. The nine real Ni patterns stripped of theirs: 3 indexed with none, all 9 with
-#: the blurred mean (errors 0.1–0.4°; 0.03–0.18° with the file's background).
+#: the blurred mean (errors 0.07–0.31°; 0.03–0.18° with the file's background).
 SCAN_MEAN_MIN_PATTERNS = 1000
 SMALL_SCAN_BLUR = 0.05
 #: Refined NCC below which the dictionary fallback is tried.
