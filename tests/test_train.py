@@ -153,6 +153,42 @@ def test_bad_evaluation_options_are_one_line(capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.fixture(scope="module")
+def dictionary(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dictionary") / "ni.h5"
+    assert main(["-q", "simulate", "-o", str(path), "--resolution", "12"]) == 0
+    return path
+
+
+def test_the_2016_setup_trains_from_a_dictionary(dictionary, tmp_path):
+    out = tmp_path / "run"
+    args = ["-q", "train", "-o", str(out), "--dictionary", str(dictionary), "--model", "liu2016"]
+    args += ["--steps", "20", "--val-every", "20", "--val-size", "64", "--batch-size", "32"]
+    assert main(args) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["validation"]["dictionary_holdout"]["n"] == 64
+    # Clean patterns of the dictionary's one PC: the card claims no more.
+    assert card["degradation"] is None
+    assert all(lo == hi for lo, hi in card["pc_range"]) and card["shape"] == [60, 60]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--val-size", "100000"], "too few for 100,000 held out"),
+        (["--shape", "30", "30"], "holds 60×60 patterns"),
+        (["--model", "liu2016", "--width", "8"], "takes no width"),
+    ],
+)
+def test_a_dictionary_that_cannot_serve_the_run_is_one_line(
+    dictionary, tmp_path, capsys, args, message
+):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "-o", str(out), "--dictionary", str(dictionary), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_a_bad_init_from_is_one_line_and_writes_nothing(trained_run, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["-q", "train", "-o", str(out), "--steps", "2", "--init-from", str(tmp_path / "nope")]

@@ -109,7 +109,7 @@ def cmd_train(args) -> None:
     from dataclasses import fields
 
     from ebsdnet.cards import ModelFileError
-    from ebsdnet.train import TrainConfig, train
+    from ebsdnet.train import TrainConfig, TrainingDataError, dictionary_geometry, train
 
     out = Path(args.output)
     config_path = out / "config.json"
@@ -137,17 +137,26 @@ def cmd_train(args) -> None:
                 if v is not None
             },
         }
+    if cfg.dictionary:
+        if not Path(cfg.dictionary).is_file():
+            raise UserError(f"dictionary file {cfg.dictionary} does not exist")
+        # The 2016 setup: the dictionary's detector, one PC, unless the flags say otherwise.
+        try:
+            shape, pc = dictionary_geometry(cfg.dictionary)
+        except TrainingDataError as exc:
+            raise UserError(str(exc)) from exc
+        cfg.shape = shape if args.shape is None else cfg.shape
+        cfg.pc = pc if args.pc is None else cfg.pc
+        cfg.pc_jitter = 0.0 if args.pc_jitter is None else cfg.pc_jitter
     try:
         cfg.check()
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if cfg.master_pattern and not Path(cfg.master_pattern).is_file():
         raise UserError(f"master pattern file {cfg.master_pattern} does not exist")
-    if cfg.dictionary and not Path(cfg.dictionary).is_file():
-        raise UserError(f"dictionary file {cfg.dictionary} does not exist")
     try:
         card = train(cfg, resume=args.resume, show_progressbar=not args.quiet)
-    except ModelFileError as exc:  # --init-from names no usable model
+    except (ModelFileError, TrainingDataError) as exc:  # --init-from, --dictionary
         raise UserError(str(exc)) from exc
     if card is not None:
         print(f"wrote {card} and {card.with_suffix('.safetensors')}")

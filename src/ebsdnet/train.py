@@ -13,6 +13,7 @@ have drawn.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -35,7 +36,15 @@ from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_patte
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
 from ebsdnet.stream import NOISE_FREE, DegradationConfig, PatternStream
 
-__all__ = ["TrainConfig", "evaluate", "held_out_conditions", "held_out_sets", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDataError",
+    "dictionary_geometry",
+    "evaluate",
+    "held_out_conditions",
+    "held_out_sets",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,13 @@ class TrainConfig:
         if self.model not in MODELS:
             known = ", ".join(sorted(MODELS))
             raise ValueError(f"unknown model {self.model!r}; choose from {known}")
+        options = set(inspect.signature(MODELS[self.model]).parameters) - {"shape"}
+        if set(self.model_args) - options:
+            foreign = ", ".join(sorted(set(self.model_args) - options))
+            raise ValueError(
+                f"model {self.model} takes no {foreign} (its options: "
+                f"{', '.join(sorted(options)) or 'none'})"
+            )
         for name in ("steps", "batch_size", "val_size", "val_every"):
             value = getattr(self, name)
             if value < 1:
@@ -171,23 +187,77 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+class TrainingDataError(ValueError):
+    """A dictionary file that cannot serve the run as configured."""
+
+
+def dictionary_geometry(path: str) -> tuple[tuple[int, int], tuple[float, float, float]]:
+    """The pattern shape and the PC an ``ebsdnet simulate`` dictionary was made with.
+
+    Raises
+    ------
+    TrainingDataError
+        For a file that is no such dictionary.
+    """
+    import h5py
+
+    no_dictionary = TrainingDataError(f"{path} is no `ebsdnet simulate` dictionary")
+    try:
+        with h5py.File(path, "r") as f:
+            if not {"patterns", "euler_deg"} <= set(f) or "pc_bruker" not in f.attrs:
+                raise no_dictionary
+            shape = tuple(int(n) for n in f["patterns"].shape[1:])
+            pc = tuple(float(v) for v in f.attrs["pc_bruker"])
+    except OSError:  # not HDF5
+        raise no_dictionary from None
+    return shape, pc
+
+
 class DictionaryBatches:
     """Training batches drawn from a pattern–orientation dictionary file (the 2016 setup).
 
     The last ``holdout`` entries of a seeded permutation are kept out for testing.
+    Every pattern of the dictionary has its one PC; batches carry it as ``pc``.
+
+    Raises
+    ------
+    TrainingDataError
+        For a dictionary of another master pattern, pattern shape or PC than the
+        run's, or one too small for the held-out set and a batch.
     """
 
-    def __init__(self, path: str, batch_size: int, seed: int, holdout: int, preprocessing):
+    def __init__(
+        self, path: str, batch_size: int, seed: int, holdout: int, preprocessing,
+        master_pattern: MasterPattern, geometry: DetectorGeometry,
+    ) -> None:  # fmt: skip
         import h5py
 
         self.file = h5py.File(path, "r")
         self.patterns = self.file["patterns"]
+        attrs = self.file.attrs
+        if attrs.get("master_pattern_sha256") != master_pattern.sha256:
+            raise TrainingDataError(
+                f"{path} was simulated from another master pattern than the run's"
+            )
+        shape, pc = dictionary_geometry(path)
+        if shape != tuple(geometry.shape) or not np.allclose(pc, geometry.pc):
+            raise TrainingDataError(
+                f"{path} holds {shape[0]}×{shape[1]} patterns at PC {pc}; the run is "
+                f"{geometry.shape[0]}×{geometry.shape[1]} at PC {tuple(geometry.pc)}"
+            )
+        n = len(self.patterns)
+        if n - holdout < batch_size:
+            raise TrainingDataError(
+                f"{path} holds {n:,} patterns: too few for {holdout:,} held out and batches "
+                f"of {batch_size:,}"
+            )
         self.quaternions = euler_to_quaternion(
             torch.deg2rad(torch.from_numpy(self.file["euler_deg"][:]))
         ).float()
-        order = np.random.default_rng(seed).permutation(len(self.patterns))
-        self.train_index = order[: len(order) - holdout]
-        self.test_index = np.sort(order[len(order) - holdout :])
+        self.pc = torch.tensor(pc, dtype=torch.float32)
+        order = np.random.default_rng(seed).permutation(n)
+        self.train_index = order[: n - holdout]
+        self.test_index = np.sort(order[n - holdout :])
         self.batch_size = batch_size
         self.seed = seed
         self.preprocessing = preprocessing
@@ -198,6 +268,7 @@ class DictionaryBatches:
         return {
             "patterns": preprocess(raw, self.preprocessing),
             "quaternions": self.quaternions[index],
+            "pc": self.pc.expand(len(index), 3),
         }
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
@@ -337,7 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     degradation = training_degradation(cfg)
     if cfg.dictionary:
         data = DictionaryBatches(
-            cfg.dictionary, cfg.batch_size, cfg.seed, cfg.val_size, preprocessing
+            cfg.dictionary, cfg.batch_size, cfg.seed, cfg.val_size, preprocessing, mp, geometry
         )
         test = data.take(data.test_index)
         val_sets = {"dictionary_holdout": test}
@@ -438,6 +509,7 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     if not main_rank or stopped_early:
         return None
     figures = evaluate(model, val_sets, mp.point_group, device, tuple(cfg.pc))
+    jitter = 0.0 if cfg.dictionary else cfg.pc_jitter
     card = {
         "phase": mp.phase_name,
         "point_group": mp.point_group,
@@ -446,11 +518,12 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         "master_pattern_texture": {k: mp.meta.get(k) for k in ("symmetrised", "upsampled")},
         "shape": list(cfg.shape),
         "pc_nominal": list(cfg.pc),
-        "pc_range": [[p - cfg.pc_jitter, p + cfg.pc_jitter] for p in cfg.pc],
+        # A dictionary holds patterns of its one PC, clean: no jitter, no degradation.
+        "pc_range": [[p - jitter, p + jitter] for p in cfg.pc],
         "sample_tilt": geometry.sample_tilt,
         "camera_tilt": geometry.tilt,
         "preprocessing": preprocessing.to_dict(),
-        "degradation": degradation.to_dict(),
+        "degradation": None if cfg.dictionary else degradation.to_dict(),
         "training": asdict(cfg),
         "command": " ".join(sys.argv),
         "steps": step,
