@@ -1,4 +1,5 @@
-"""Shared fixtures: kikuchipy's shipped Ni master pattern, loaded once (raw and symmetrised)."""
+"""Shared fixtures: kikuchipy's shipped Ni master pattern, loaded once (raw and symmetrised),
+and a small `ebsdnet simulate` dictionary."""
 
 import pytest
 
@@ -24,3 +25,13 @@ def raw_master_pattern(kp_master_pattern):
     from ebsdnet.projector import MasterPattern
 
     return MasterPattern.from_kikuchipy(kp_master_pattern, symmetrise=False)
+
+
+@pytest.fixture(scope="session")
+def small_dictionary(tmp_path_factory):
+    """A 12° Ni dictionary written by ``ebsdnet simulate`` (some 500 patterns)."""
+    from ebsdnet.cli import main
+
+    path = tmp_path_factory.mktemp("dictionary") / "ni.h5"
+    assert main(["-q", "simulate", "-o", str(path), "--resolution", "12"]) == 0
+    return path

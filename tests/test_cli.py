@@ -11,13 +11,6 @@ from ebsdnet.cli import main
 from ebsdnet.metrics import normalised_cross_correlation
 
 
-@pytest.fixture(scope="module")
-def small_dictionary(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dict") / "ni.h5"
-    assert main(["-q", "simulate", "-o", str(path), "--resolution", "8"]) == 0
-    return path
-
-
 def test_simulate_writes_patterns_that_kikuchipy_agrees_with(small_dictionary, master_pattern):
     from kikuchipy.detectors import EBSDDetector
 

@@ -153,16 +153,10 @@ def test_bad_evaluation_options_are_one_line(capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.fixture(scope="module")
-def dictionary(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dictionary") / "ni.h5"
-    assert main(["-q", "simulate", "-o", str(path), "--resolution", "12"]) == 0
-    return path
-
-
-def test_the_2016_setup_trains_from_a_dictionary(dictionary, tmp_path):
+def test_the_2016_setup_trains_from_a_dictionary(small_dictionary, tmp_path):
     out = tmp_path / "run"
-    args = ["-q", "train", "-o", str(out), "--dictionary", str(dictionary), "--model", "liu2016"]
+    args = ["-q", "train", "-o", str(out), "--dictionary", str(small_dictionary)]
+    args += ["--model", "liu2016"]
     args += ["--steps", "20", "--val-every", "20", "--val-size", "64", "--batch-size", "32"]
     assert main(args) == 0
     card = json.loads((out / "model.json").read_text())
@@ -181,10 +175,11 @@ def test_the_2016_setup_trains_from_a_dictionary(dictionary, tmp_path):
     ],
 )
 def test_a_dictionary_that_cannot_serve_the_run_is_one_line(
-    dictionary, tmp_path, capsys, args, message
+    small_dictionary, tmp_path, capsys, args, message
 ):
     out = tmp_path / "run"
-    assert main(["-q", "train", "-o", str(out), "--dictionary", str(dictionary), *args]) == 2
+    args = ["-q", "train", "-o", str(out), "--dictionary", str(small_dictionary), *args]
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
