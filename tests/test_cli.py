@@ -55,3 +55,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_demo_prints_the_2016_table_and_writes_its_figures(tmp_path, capsys):
+    """`make demo` runs this (quick: a 3° dictionary, 2,000 patterns; 25–50 s here)."""
+    assert main(["-q", "demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 1-NN dictionary |" in out and "| CNN (ni-60) |" in out
+    assert "CNN + refinement (+ dictionary fallback)" in out
+    figures = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(figures) >= 6 and all((tmp_path / name).stat().st_size > 1000 for name in figures)
