@@ -162,7 +162,8 @@ def test_real_patterns_index_with_the_dictionary_fallback():
     assert (xmap.phase_id == 0).all() and (xmap.prop["ncc"] > 0.3).all()
     without = index(s, model=MODEL, fallback_ncc=None, show_progressbar=False)
     err_without = disorientation_deg(torch.tensor(without.rotations.data), truth, "m-3m")
-    assert err_without.mean() > 5  # the CNN alone is lost on these patterns
+    # Refined from the CNN's answers alone, one stays lost (measured: 1 of 9, 1.46° mean).
+    assert err_without.max() > 5
 
 
 def test_a_small_scan_without_a_background_in_the_file_uses_its_blurred_mean():

@@ -4,7 +4,7 @@
 path (:func:`~ebsdnet.preprocess.preprocess`, with the model card's
 settings), the network, and then pattern-matching refinement
 (:func:`~ebsdnet.refine.refine_orientations`) started from the network's
-hypotheses. The normalised cross-correlation of each pattern with its
+answer (its most likely hypothesis). The normalised cross-correlation of each pattern with its
 re-projection at the final orientation is the confidence (property ``ncc``
 of the map); below ``min_ncc`` a pattern is marked not indexed. Patterns are
 read batch by batch, so a lazy kikuchipy signal is never loaded whole.
@@ -474,10 +474,16 @@ class _BatchIndexer:
         output = self.network(self._at_model_pc(patterns, pc_batch))
         q = net.to_quaternions(output)
         if self.refine:
+            # Refinement starts from the most likely hypothesis only. Judging all of them by
+            # their coarse NCC first picked worse ones under noise: a start 3–5° off
+            # correlates no better than a wrong one there. Measured (simulated 40×40 maps,
+            # fallback off → on): dose 15, 292 → 174 of 1,600 above 5° with the top one
+            # alone; dose 100 at contrast 0.3, 7 → 2; the nine real patterns 5 → 1 of 9;
+            # with the fallback (the default) every map ended within 5° either way, the
+            # same mean errors to ±0.003°, 3–6% faster without the judging.
             good = (~bad).nonzero().squeeze(1).to(dev)
-            candidates = net.all_quaternions(output) if hasattr(net, "all_quaternions") else q
             q_good, pc_good, ncc_good = _refine(
-                patterns[good], candidates[good], pc_batch[good], self.projector, self.config,
+                patterns[good], q[good], pc_batch[good], self.projector, self.config,
                 fit_pc, self.fallback_ncc, iterations, self.compiled,
             )  # fmt: skip
             q[good], pc_batch[good] = q_good, pc_good

@@ -29,8 +29,11 @@ pixel, beyond the reach of the full-resolution linear model, while the
 coarse NCC stays smooth that far — and a 2×2-binned projection costs a
 quarter of a full one. Full-resolution iterations then finish.
 
-When the start holds several candidates per pattern (the CNN's hypotheses),
-the one whose re-projection correlates best is refined.
+When the start holds several candidates per pattern, the one whose coarse
+re-projection correlates best is refined. That judges candidates far apart
+well, but not under noise a few degrees from the truth, where the right one
+correlates no better than a wrong one: ``index`` refines the CNN's most likely
+hypothesis alone (see :class:`~ebsdnet.indexing._BatchIndexer`).
 """
 
 from __future__ import annotations
