@@ -158,7 +158,7 @@ def test_real_patterns_index_with_the_dictionary_fallback():
     truth = torch.tensor(s.xmap.rotations.data)
     xmap = index(s, model=MODEL, show_progressbar=False)
     err = disorientation_deg(torch.tensor(xmap.rotations.data), truth, "m-3m")
-    assert err.mean() <= 0.15 and err.max() < 0.5  # measured 0.078°, max 0.20°
+    assert err.mean() <= 0.15 and err.max() < 0.5  # measured 0.076°, max 0.18°
     assert (xmap.phase_id == 0).all() and (xmap.prop["ncc"] > 0.3).all()
     without = index(s, model=MODEL, fallback_ncc=None, show_progressbar=False)
     err_without = disorientation_deg(torch.tensor(without.rotations.data), truth, "m-3m")
