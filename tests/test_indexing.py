@@ -162,8 +162,9 @@ def test_real_patterns_index_with_the_dictionary_fallback():
     assert (xmap.phase_id == 0).all() and (xmap.prop["ncc"] > 0.3).all()
     without = index(s, model=MODEL, fallback_ncc=None, show_progressbar=False)
     err_without = disorientation_deg(torch.tensor(without.rotations.data), truth, "m-3m")
-    # Refined from the CNN's answers alone, one stays lost (measured: 1 of 9, 1.46° mean).
-    assert err_without.max() > 5
+    # Refined from the CNN's answers alone, one stays lost (measured: 1 of 9, 1.46° mean);
+    # from the hypothesis whose coarse NCC was highest, as index once did, 5 of 9.
+    assert 1 <= int((err_without > 5).sum()) <= 2
 
 
 def test_a_small_scan_without_a_background_in_the_file_uses_its_blurred_mean():
