@@ -25,9 +25,10 @@ import torch
 
 from _report import machine, publish
 from ebsdnet.bench import ENERGY_KV, TRUST_REGION_DEG, _all_indexed, _best_rotations, _quiet
-from ebsdnet.cards import load_model
+from ebsdnet.cards import load_model, pc_jitter
 from ebsdnet.indexing import FALLBACK_NCC, MIN_NCC, REFINE_ITERATIONS, _refine
 from ebsdnet.metrics import error_summary
+from ebsdnet.models import predict_quaternions
 from ebsdnet.preprocess import PreprocessConfig
 from ebsdnet.projector import (
     DetectorGeometry,
@@ -75,7 +76,6 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
     model, card = load_model(args.model)
     model.eval()
     pg = card["point_group"]
@@ -85,19 +85,21 @@ def main() -> None:
     if mp.sha256 != card["master_pattern_sha256"]:
         raise SystemExit("the model was trained on another master pattern")
     config = PreprocessConfig(**card["preprocessing"])
-    jitter = (card["pc_range"][0][1] - card["pc_range"][0][0]) / 2
-    condition = held_out_conditions(jitter)["moderate"]
+    condition = held_out_conditions(pc_jitter(card))["moderate"]
     stream = PatternStream(mp, geometry, args.n, condition, config, seed=args.seed)
     batch = stream.batch(0)
     patterns, truth, pcs = batch["patterns"], batch["quaternions"], batch["pc"]
     seen = resample_to_pattern_centre(patterns, pcs, torch.tensor(nominal))
     projector = Projector(mp, geometry)
 
+    def refined(q: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patterns ``index`` refined from ``q`` (no fallback): quaternions and NCCs."""
+        q, _, ncc = _refine(patterns[index], q, pcs[index], projector, config, False, None, 6)
+        return q, ncc
+
     rows: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
     with torch.no_grad():
-        outputs = [model(p) for p in seen.split(256)]
-        output = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
-        cnn = model.to_quaternions(output)
+        cnn = predict_quaternions(model, seen, batch_size=256)
         rows.append(("CNN (the card's figure)", cnn, None))
         for label, fallback in (
             ("CNN + refinement, no fallback", None),
@@ -108,15 +110,10 @@ def main() -> None:
             )
             rows.append((label, q, ncc))
         di, di_refined = kikuchipy_di(seen, mp, geometry)
-        # The truth, refined like any answer: the NCC of the right orientation.
-        _, _, truth_ncc = _refine(patterns, truth, pcs, projector, config, False, None, 6)
-
-        def refined(q: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            q, _, ncc = _refine(patterns[rows], q, pcs[rows], projector, config, False, None, 6)
-            return q, ncc
-
         rows.append((f"kikuchipy DI {DI_RESOLUTION_DEG:g}°", di, None))
         rows.append((f"kikuchipy DI {DI_RESOLUTION_DEG:g}° + refinement", di_refined, None))
+        # The truth, refined like any answer: the NCC of the right orientation.
+        _, truth_ncc = refined(truth, torch.arange(len(truth)))
 
     lines = [
         "## The tail above 5° on the card's `moderate` held-out set",
@@ -144,9 +141,10 @@ def main() -> None:
             wrong = (err > 5).nonzero().squeeze(1)
             verdict, flagged = "–", "–"
             if len(wrong):
-                answer, answer_ncc = q[wrong].float(), None if ncc is None else ncc[wrong]
                 if ncc is None:
-                    answer, answer_ncc = refined(answer, wrong)
+                    answer, answer_ncc = refined(q[wrong].float(), wrong)
+                else:
+                    answer, answer_ncc = q[wrong].float(), ncc[wrong]
                 far = disorientation_deg(answer, truth[wrong], pg) > 5
                 missed = far & (truth_ncc[wrong] > answer_ncc)
                 recovered, missed = int((~far).sum()), int(missed.sum())

@@ -25,6 +25,7 @@ __all__ = [
     "ModelFileError",
     "card_path",
     "load_model",
+    "pc_jitter",
     "pretrained_names",
     "save_model",
     "training_seconds",
@@ -81,6 +82,16 @@ def training_seconds(card: dict) -> float:
         total += float(card.get("wall_time_s") or 0.0)
         card = card.get("initialised_from")
     return total
+
+
+def pc_jitter(card: dict) -> float:
+    """Half-width of the pattern-centre range a model was trained on (held-out sets use it).
+
+    >>> round(pc_jitter({"pc_range": [[0.395, 0.455], [0.183, 0.243], [0.471, 0.531]]}), 6)
+    0.03
+    """
+    lo, hi = card["pc_range"][0]
+    return (hi - lo) / 2
 
 
 def pretrained_names() -> list[str]:

@@ -165,7 +165,7 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     import json
 
-    from ebsdnet.cards import ModelFileError, load_model
+    from ebsdnet.cards import ModelFileError, load_model, pc_jitter
     from ebsdnet.projector import DetectorGeometry
     from ebsdnet.train import evaluate, held_out_conditions, held_out_sets, pick_device
 
@@ -184,7 +184,7 @@ def cmd_evaluate(args) -> None:
     if mp.sha256 != card["master_pattern_sha256"]:
         raise UserError("the master pattern differs from the one the model was trained on")
     geometry = DetectorGeometry(shape=tuple(card["shape"]), pc=tuple(card["pc_nominal"]))
-    jitter = (card["pc_range"][0][1] - card["pc_range"][0][0]) / 2
+    jitter = pc_jitter(card)
     sets = held_out_sets(mp, geometry, args.n, seed=args.seed, pc_jitter=jitter)
     figures = evaluate(model, sets, card["point_group"], device, tuple(card["pc_nominal"]))
     for name, f in figures.items():
