@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from _report import machine, publish
-from ebsdnet.bench import ENERGY_KV, TRUST_REGION_DEG, _all_indexed, _best_rotations, _quiet
+from ebsdnet.bench import (
+    ENERGY_KV,
+    TRUST_REGION_DEG,
+    _all_indexed,
+    _best_rotations,
+    _quiet,
+    kikuchipy_dictionary,
+)
 from ebsdnet.cards import load_model, pc_jitter
 from ebsdnet.indexing import FALLBACK_NCC, MIN_NCC, REFINE_ITERATIONS, _refine
 from ebsdnet.metrics import error_summary
@@ -48,15 +55,11 @@ def kikuchipy_di(patterns: torch.Tensor, mp: MasterPattern, geometry: DetectorGe
     with the bench's settings."""
     import kikuchipy as kp
     from orix.crystal_map import PhaseList
-    from orix.sampling import get_sample_fundamental
 
     kp_mp = mp.to_kikuchipy()
     detector = geometry.to_kikuchipy()
     signal = kp.signals.EBSD(patterns.numpy().astype(np.float32), detector=detector)
-    rotations = get_sample_fundamental(DI_RESOLUTION_DEG, point_group=kp_mp.phase.point_group)
-    dictionary = kp_mp.get_patterns(
-        rotations, detector, energy=ENERGY_KV, compute=True, show_progressbar=False
-    )
+    dictionary = kikuchipy_dictionary(kp_mp, detector, DI_RESOLUTION_DEG)
     found = _quiet(lambda: signal.dictionary_indexing(dictionary, keep_n=1))
     start = _all_indexed(found, PhaseList(kp_mp.phase))
     refined = _quiet(

@@ -57,7 +57,7 @@ from ebsdnet.metrics import error_summary
 from ebsdnet.report import machine, write_section
 from ebsdnet.rotations import disorientation_deg
 
-__all__ = ["CONDITIONS", "Condition", "run_bench"]
+__all__ = ["CONDITIONS", "Condition", "kikuchipy_dictionary", "run_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,17 @@ def _test_maps(conditions, size: int, model_pc: tuple[float, float, float], mp, 
         yield condition, signal, torch.tensor(signal.xmap.rotations.data)
 
 
+def kikuchipy_dictionary(kp_mp, detector, resolution: float):
+    """kikuchipy's dictionary of master pattern ``kp_mp`` on ``detector``: its patterns of a
+    ``resolution``° sampling of the fundamental zone, computed (an ``EBSD`` signal)."""
+    from orix.sampling import get_sample_fundamental
+
+    rotations = get_sample_fundamental(resolution, point_group=kp_mp.phase.point_group)
+    return kp_mp.get_patterns(
+        rotations, detector, energy=ENERGY_KV, compute=True, show_progressbar=False
+    )
+
+
 def _best_rotations(xmap) -> np.ndarray:
     """Each point's best quaternion ``(N, 4)`` (dictionary indexing may keep several)."""
     return np.asarray(xmap.rotations.data).reshape(xmap.size, -1, 4)[:, 0]
@@ -281,21 +292,16 @@ class _Bench:
 
     def dictionary(self, detector, resolution: float):
         """kikuchipy dictionary at ``resolution`` for ``detector``'s (mean) PC, cached."""
-        from orix.sampling import get_sample_fundamental
-
         key = (resolution, tuple(np.round(detector.pc_average, 4)))
         if key not in self.dictionaries:
             # One dictionary per PC: drop those made for another map's PC.
             self.dictionaries = {k: v for k, v in self.dictionaries.items() if k[1] == key[1]}
             t0 = time.perf_counter()
-            rotations = get_sample_fundamental(
-                resolution, point_group=self.kp_mp.phase.point_group
-            )
-            self.dictionaries[key] = self.kp_mp.get_patterns(
-                rotations, detector, energy=ENERGY_KV, compute=True, show_progressbar=False
-            )
+            dictionary = kikuchipy_dictionary(self.kp_mp, detector, resolution)
+            self.dictionaries[key] = dictionary
             pc = ", ".join(f"{v:.3f}" for v in key[1])
-            label = f"{resolution}° ({rotations.size:,} patterns, PC {pc})"
+            size = dictionary.axes_manager.navigation_size
+            label = f"{resolution}° ({size:,} patterns, PC {pc})"
             self.build_seconds[label] = time.perf_counter() - t0
         return self.dictionaries[key]
 
