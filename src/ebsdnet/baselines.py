@@ -15,13 +15,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin
+from ebsdnet.preprocess import PreprocessConfig, preprocess, rebin, rebin_factor
 from ebsdnet.projector import DetectorGeometry, MasterPattern, Projector
 from ebsdnet.stream import sample_fundamental_zone
 
-__all__ = ["Dictionary", "build_dictionary"]
+__all__ = ["Dictionary", "build_dictionary", "pool"]
+
+
+def pool(patterns: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Area-average ``(B, H, W)`` patterns down to ``shape``: :func:`~ebsdnet.preprocess.rebin`
+    where one whole factor takes them there, else adaptive average pooling (detectors
+    such as 100×120 have no common factor with a small square)."""
+    if tuple(patterns.shape[-2:]) == tuple(shape):
+        return patterns
+    try:
+        rebin_factor(tuple(patterns.shape[-2:]), tuple(shape))
+    except ValueError:
+        return F.adaptive_avg_pool2d(patterns[:, None], tuple(shape))[:, 0]
+    return rebin(patterns, shape)
 
 
 @dataclass
@@ -50,7 +64,7 @@ class Dictionary:
         """The ``k`` best entries for each pattern: quaternions ``(B, k, 4)``, NCC ``(B, k)``."""
         best_q, best_score = [], []
         for chunk in patterns.split(batch_size):
-            x = rebin(chunk, self.shape).reshape(len(chunk), -1)
+            x = pool(chunk, self.shape).reshape(len(chunk), -1)
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
             scores = x.to(self.patterns.dtype) @ self.patterns.T  # (b, N)
             score, idx = scores.float().topk(k, dim=-1)
@@ -66,19 +80,28 @@ def build_dictionary(
     preprocessing: PreprocessConfig = PreprocessConfig(),
     batch_size: int = 1024,
     binning: int = 1,
+    shape: tuple[int, int] | None = None,
+    show_progressbar: bool = False,
 ) -> Dictionary:
     """Simulate and condition a dictionary at ``resolution_deg`` (orix cubochoric sampling).
 
     ``binning``: keep the conditioned entries binned by this factor (it must divide
     the detector's shape): a quarter of the memory and of the matching time at 2,
-    for a coarse dictionary that only proposes candidates to refine.
+    for a coarse dictionary that only proposes candidates to refine. ``shape``
+    instead: pooled to these ``(rows, cols)`` (see :func:`pool`).
     """
+    from tqdm.auto import tqdm
+
     q = torch.from_numpy(sample_fundamental_zone(resolution_deg, master_pattern.point_group))
     projector = Projector(master_pattern, geometry)
-    shape = (geometry.shape[0] // binning, geometry.shape[1] // binning)
+    if shape is None:
+        shape = (geometry.shape[0] // binning, geometry.shape[1] // binning)
     rows = []
+    bar = tqdm(total=len(q), unit="pattern", desc="dictionary", disable=not show_progressbar)
     with torch.no_grad():
         for chunk in q.float().split(batch_size):
-            p = rebin(preprocess(projector(chunk), preprocessing), shape).reshape(len(chunk), -1)
+            p = pool(preprocess(projector(chunk), preprocessing), shape).reshape(len(chunk), -1)
             rows.append((p / p.norm(dim=-1, keepdim=True)).bfloat16())
-    return Dictionary(torch.cat(rows), q.float(), resolution_deg, preprocessing, shape)
+            bar.update(len(chunk))
+    bar.close()
+    return Dictionary(torch.cat(rows), q.float(), resolution_deg, preprocessing, tuple(shape))

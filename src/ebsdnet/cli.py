@@ -60,17 +60,63 @@ def _geometry(args):
 
 
 def _master_pattern(args):
+    """The master pattern of ``--phase`` (a CIF or a master-pattern file) or
+    ``--master-pattern``; kikuchipy's shipped Ni without either."""
+    from ebsdnet.phases import PhaseError, master_pattern
     from ebsdnet.projector import MasterPattern
 
-    if args.master_pattern is None:
+    phase = getattr(args, "phase", None)
+    if phase is not None and args.master_pattern is not None:
+        raise UserError("give --phase or --master-pattern, not both")
+    source = phase or args.master_pattern
+    if source is None:
         return MasterPattern.nickel()
-    path = Path(args.master_pattern)
-    if not path.is_file():
-        raise UserError(f"master pattern file {path} does not exist")
     try:
-        return MasterPattern.from_file(str(path))
-    except Exception as exc:  # kikuchipy raises many types for unreadable files
-        raise UserError(f"cannot read master pattern {path}: {exc}") from exc
+        return master_pattern(source, getattr(args, "energy", None))
+    except PhaseError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _master_pattern_file(source: str, energy: float | None) -> Path:
+    """The master-pattern file of ``source``: itself, or a CIF's cached one."""
+    from ebsdnet.phases import DEFAULT_ENERGY_KV, PhaseError, master_pattern_from_cif
+
+    if Path(source).suffix.lower() != ".cif":
+        return Path(source)
+    try:
+        return master_pattern_from_cif(source, DEFAULT_ENERGY_KV if energy is None else energy)
+    except PhaseError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def cmd_master_pattern(args) -> None:
+    from ebsdnet.phases import (
+        PhaseError,
+        kinematical_master_pattern,
+        read_cif,
+        write_master_pattern,
+    )
+
+    src, out = Path(args.cif), Path(args.output)
+    if src.suffix.lower() != ".cif":
+        raise UserError(f"{src} is not a CIF (.cif)")
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise UserError(f"cannot write {out.name}: the master pattern must end in .h5")
+    _check_output(out, args.force)
+    try:
+        phase = read_cif(src)
+        mp = kinematical_master_pattern(
+            phase, args.energy, args.half_size, show_progressbar=not args.quiet
+        )
+    except PhaseError as exc:
+        raise UserError(str(exc)) from exc
+    write_master_pattern(out, mp, args.energy, src.read_text(errors="replace"))
+    size = 2 * args.half_size + 1
+    print(
+        f"wrote {out}: kinematical master pattern of {phase.name} "
+        f"({phase.space_group.short_name}, point group {phase.point_group.name}), "
+        f"{args.energy:g} kV, {size}×{size} px per hemisphere"
+    )
 
 
 def _check_output(path: Path, force: bool) -> None:
@@ -152,6 +198,10 @@ def cmd_train(args) -> None:
         cfg.check()
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    if args.phase is not None:  # a CIF's master pattern is simulated (or taken from the cache)
+        if args.master_pattern is not None:
+            raise UserError("give --phase or --master-pattern, not both")
+        cfg.master_pattern = str(_master_pattern_file(args.phase, args.energy))
     if cfg.master_pattern and not Path(cfg.master_pattern).is_file():
         raise UserError(f"master pattern file {cfg.master_pattern} does not exist")
     try:
@@ -248,6 +298,10 @@ def cmd_index(args) -> None:
         check_map_path(out, int(np.prod(signal.axes_manager.navigation_shape)))
     except IndexingError as exc:
         raise UserError(str(exc)) from exc
+    if args.phase is not None and args.master_pattern is not None:
+        raise UserError("give --phase or --master-pattern, not both")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise UserError(f"--plots {args.plots} is not a folder")
     mp = _master_pattern(args) if args.master_pattern else None
     # Finished batches are kept beside the output until the map is written.
     progress = out.with_name(f".{out.name}.batches")
@@ -261,7 +315,8 @@ def cmd_index(args) -> None:
     try:
         xmap = index(
             signal, model=args.model, pc=None if args.pc is None else tuple(args.pc),
-            master_pattern=mp, batch_size=args.batch_size, device=args.device,
+            master_pattern=mp, phase=args.phase, energy=args.energy,
+            batch_size=args.batch_size, device=args.device,
             refine=not args.no_refine, refine_pc=args.refine_pc,
             min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
             progress_folder=progress, show_progressbar=not args.quiet,
@@ -278,6 +333,11 @@ def cmd_index(args) -> None:
     print(f"indexed {n_indexed:,} of {xmap.size:,} patterns: wrote {out}")
     if args.ipf:
         print(f"wrote {write_ipf_map(xmap, args.ipf)}")
+    if args.plots:
+        from ebsdnet.plots import write_map_plots
+
+        written = write_map_plots(xmap, args.plots)
+        print(f"wrote {len(written)} maps to {args.plots}: {', '.join(p.name for p in written)}")
 
 
 def cmd_demo(args) -> None:
@@ -368,6 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="width range of the band contrast's radial fall-off (fraction of half-width)",
     )
     p.add_argument("--master-pattern", metavar="FILE")
+    p.add_argument(
+        "--phase", metavar="CIF|H5", help="train for this phase (CIF or master-pattern file)"
+    )
+    p.add_argument("--energy", type=float, help="beam energy of --phase, kV (default 20)")
     p.add_argument("--dictionary", metavar="FILE", help="train from an `ebsdnet simulate` file")
     p.add_argument("--init-from", metavar="MODEL", help="start from a saved or shipped model")
     p.add_argument("--device", help="auto (default), cpu or cuda")
@@ -379,10 +443,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "master-pattern", help="a kinematical master pattern of a phase from its CIF"
+    )
+    p.add_argument("cif", help="crystal structure (.cif)")
+    p.add_argument(
+        "-o", "--output", required=True, help="master-pattern file (.h5, EMsoft layout)"
+    )
+    p.add_argument("--energy", type=float, default=20.0, help="beam energy, kV (default 20)")
+    p.add_argument(
+        "--half-size",
+        type=int,
+        default=400,
+        help="half the side of each hemisphere, px (default 400: 801×801)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_master_pattern)
+
     p = sub.add_parser("index", help="index a pattern file into an orientation map")
     p.add_argument("patterns", help="any EBSD pattern file kikuchipy reads")
     p.add_argument("-o", "--output", required=True, help="orientation map: .ang, .ctf or .h5")
-    p.add_argument("--model", default="ni-60", help="shipped model name or saved model path")
+    p.add_argument(
+        "--phase",
+        metavar="CIF|H5",
+        help="index for this phase: a CIF (kinematical master pattern, simulated once and "
+        "cached) or a master-pattern file; without --model a coarse dictionary of the phase "
+        "gives each pattern's start",
+    )
+    p.add_argument(
+        "--energy", type=float, help="beam energy of --phase, kV (default 20 for a CIF)"
+    )
+    p.add_argument(
+        "--model",
+        help="shipped model name or saved model path (default: ni-60 without --phase; "
+        "none with it)",
+    )
     p.add_argument(
         "--pc",
         nargs=3,
@@ -391,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="pattern centre (Bruker) overriding the file's",
     )
     p.add_argument("--ipf", metavar="PNG", help="also write an IPF-Z colour map")
+    p.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also write PNG maps here: IPF-Z per phase with its colour key, phase map, NCC map",
+    )
     p.add_argument(
         "--no-refine", action="store_true", help="CNN only: skip pattern-matching refinement"
     )

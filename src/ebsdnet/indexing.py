@@ -70,8 +70,21 @@ SCAN_MEAN_MIN_PATTERNS = 1000
 SMALL_SCAN_BLUR = 0.05
 #: Refined NCC below which the dictionary fallback is tried.
 FALLBACK_NCC = 0.2
+#: The phase's coarse dictionary: the start of a phase indexed without a model, and
+#: every model's fallback. Orientations this far apart (a start up to ~2.6° off, within
+#: refinement's reach), patterns pooled to at most ``MATCH_SIDE`` pixels a side (the
+#: fallback's candidates measured no worse at 30×30 than at 60×60, dose 15), and
+#: ``DICTIONARY_MAX_BYTES`` at the most: a low-symmetry phase gets a coarser grid
+#: rather than an unbounded dictionary (triclinic at 3° would hold 730,000 entries).
 FALLBACK_RESOLUTION_DEG = 3.0
 FALLBACK_CANDIDATES = 8
+MATCH_SIDE = 32
+DICTIONARY_MAX_BYTES = 600e6
+#: Orientations of a 3° cubochoric grid over all of SO(3) (orix: 30,443 in m-3m's zone).
+_SO3_ENTRIES_AT_3DEG = 730_632
+#: Refinement works at the patterns' own resolution up to this many pixels a side;
+#: larger patterns are binned by the smallest whole factor that gets them there.
+REFINE_MAX_SIDE = 160
 #: Full-resolution refinement iterations per pattern (after the coarse levels).
 REFINE_ITERATIONS = 3
 #: With the fallback on, refinements whose NCC is below this fraction of
@@ -97,6 +110,10 @@ INT8_CALIBRATION_SEED = 20_000_000
 COMPILE_MIN_PATTERNS = 50_000
 #: Seconds to wait for a dask scheduler (``scheduler=``) before giving up.
 SCHEDULER_TIMEOUT_S = 30
+
+
+#: The model used when neither a model nor a phase is given.
+DEFAULT_MODEL = "ni-60"
 
 
 class IndexingError(ValueError):
@@ -139,20 +156,63 @@ def _pattern_centres(detector, n: int, pc: tuple[float, float, float] | None) ->
     return pcs
 
 
-def _check_phase(signal, point_group: str) -> None:
-    """Refuse a file whose stored phase has another point group than the model's."""
+def _laue(point_group: str) -> str:
     from ebsdnet.rotations import orix_point_group
 
+    return orix_point_group(point_group).laue.name
+
+
+def _check_phase(signal, point_group: str, name: str = "") -> None:
+    """Refuse a file whose stored phase has another Laue group than the one indexed for."""
     xmap = getattr(signal, "xmap", None)
     if xmap is None:
         return
-    model_group = orix_point_group(point_group).laue.name
     for _, phase in xmap.phases_in_data:
-        if phase.point_group is not None and phase.point_group.laue.name != model_group:
+        if phase.point_group is not None and phase.point_group.laue.name != _laue(point_group):
             raise IndexingError(
                 f"the file's phase {phase.name!r} has point group {phase.point_group.name}, "
-                f"the model's is {point_group}: use a model trained for this phase"
+                f"but {name or 'the phase'} indexed for has {point_group}: give the "
+                "file's phase (--phase) or a model trained for it"
             )
+
+
+def _model_and_phase(model, phase, master_pattern, energy, device):
+    """The network and card (``None, None`` without a model) and the master pattern the
+    map is refined against, checked against each other.
+
+    Without ``phase``: the model (default ``ni-60``) and the master pattern it was
+    trained on. With ``phase``: its master pattern (a CIF's is simulated or taken from
+    the cache) and, only when one is named, a model of the same Laue group.
+    """
+    from ebsdnet.phases import PhaseError
+    from ebsdnet.phases import master_pattern as phase_master_pattern
+
+    if phase is not None and master_pattern is not None:
+        raise IndexingError("give the phase or a master pattern, not both")
+    if phase is None and model is None:
+        model = DEFAULT_MODEL
+    net, card = (None, None) if model is None else _inference_model(model, device)
+    if phase is None:
+        if master_pattern is None:
+            master_pattern = MasterPattern.nickel()
+        if master_pattern.sha256 != card["master_pattern_sha256"]:
+            raise IndexingError(
+                "the master pattern is not the one this model was trained on (hash differs)"
+            )
+        return net, card, master_pattern
+    try:
+        master_pattern = phase_master_pattern(phase, energy)
+    except PhaseError as exc:
+        raise IndexingError(str(exc)) from None
+    if card is not None:
+        trained, wanted = _laue(card["point_group"]), _laue(master_pattern.point_group)
+        if trained != wanted:
+            raise IndexingError(
+                f"model {Path(str(model)).name} is trained for Laue group {trained}, but "
+                f"phase {master_pattern.phase_name!r} has {wanted}: drop --model or use "
+                "one trained for this phase"
+            )
+    return net, card, master_pattern
 
 
 def _check_pc_range(pcs: np.ndarray, card: dict) -> None:
@@ -191,28 +251,66 @@ def _static_background(signal, use: bool) -> np.ndarray | None:
 _FALLBACK_DICTIONARIES: dict[tuple, object] = {}
 
 
-def _fallback_binning(shape: tuple[int, int]) -> int:
-    """2 where it divides the detector (a 3° grid's candidates need no finer
-    pixels: measured at dose 15, same errors; 55 instead of 220 MB, and a
-    quarter of the matching time, 0.22 → 0.07 s per 400 patterns), else 1."""
-    return 2 if shape[0] % 2 == 0 and shape[1] % 2 == 0 else 1
+def match_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """The pooled ``(rows, cols)`` a coarse dictionary matches patterns of ``shape`` at:
+    at most ``MATCH_SIDE`` pixels a side, the aspect kept (60×60 → 30×30, 100×120 → 25×30)."""
+    factor = max(1, -(-max(shape) // MATCH_SIDE))
+    return (max(1, round(shape[0] / factor)), max(1, round(shape[1] / factor)))
+
+
+def dictionary_resolution(point_group: str, shape: tuple[int, int]) -> float:
+    """The coarse dictionary's grid spacing (degrees) for a phase's Laue group: 3°, or
+    coarser where 3° would exceed ``DICTIONARY_MAX_BYTES`` at :func:`match_shape`.
+
+    >>> dictionary_resolution("m-3m", (60, 60)), round(dictionary_resolution("-1", (60, 60)), 2)
+    (3.0, 3.91)
+    """
+    from ebsdnet.rotations import orix_point_group
+
+    order = orix_point_group(point_group).laue_proper_subgroup.size
+    rows, cols = match_shape(shape)
+    bytes_at_3 = _SO3_ENTRIES_AT_3DEG / order * rows * cols * 2  # bfloat16 entries
+    return FALLBACK_RESOLUTION_DEG * max(1.0, (bytes_at_3 / DICTIONARY_MAX_BYTES) ** (1 / 3))
+
+
+def refine_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """The shape refinement matches patterns of ``shape`` at: their own, or binned by the
+    smallest whole factor dividing both sides that brings them to ``REFINE_MAX_SIDE``."""
+    rows, cols = shape
+    for factor in range(1, max(shape) + 1):
+        if rows % factor == 0 and cols % factor == 0 and max(shape) / factor <= REFINE_MAX_SIDE:
+            return rows // factor, cols // factor
+    return shape
+
+
+def phase_dictionary(
+    master_pattern: MasterPattern,
+    geometry: DetectorGeometry,
+    config: PreprocessConfig,
+    show_progressbar: bool = False,
+):
+    """The phase's coarse dictionary at ``geometry`` (PC rounded to 0.001), built once and
+    cached: see ``FALLBACK_RESOLUTION_DEG``, :func:`match_shape`, :func:`dictionary_resolution`."""
+    from ebsdnet.baselines import build_dictionary
+
+    geometry = replace(geometry, pc=tuple(round(float(v), 3) for v in geometry.pc))
+    resolution = dictionary_resolution(master_pattern.point_group, geometry.shape)
+    key = (master_pattern.texture_key, geometry, config, resolution)
+    if key not in _FALLBACK_DICTIONARIES:
+        log.info("building the %.3g° dictionary of %s", resolution, master_pattern.phase_name)
+        _FALLBACK_DICTIONARIES.clear()  # keep one: each holds ≤ DICTIONARY_MAX_BYTES
+        _FALLBACK_DICTIONARIES[key] = build_dictionary(
+            resolution, master_pattern, geometry, config, shape=match_shape(geometry.shape),
+            show_progressbar=show_progressbar,
+        )  # fmt: skip
+    return _FALLBACK_DICTIONARIES[key]
 
 
 def fallback_dictionary(projector: Projector, pc: Tensor, config: PreprocessConfig):
     """The coarse dictionary for ``projector``'s detector at PC ``pc`` (built once, cached;
-    binned, see :func:`_fallback_binning`)."""
-    from ebsdnet.baselines import build_dictionary
-
-    geometry = replace(projector.geometry, pc=tuple(round(float(v), 3) for v in pc))
-    key = (projector.master_pattern.texture_key, geometry, config, FALLBACK_RESOLUTION_DEG)
-    if key not in _FALLBACK_DICTIONARIES:
-        log.info("building the %g° fallback dictionary", FALLBACK_RESOLUTION_DEG)
-        _FALLBACK_DICTIONARIES.clear()  # keep one: each holds ~55 MB (binned)
-        _FALLBACK_DICTIONARIES[key] = build_dictionary(
-            FALLBACK_RESOLUTION_DEG, projector.master_pattern, geometry, config,
-            binning=_fallback_binning(geometry.shape),
-        )  # fmt: skip
-    return _FALLBACK_DICTIONARIES[key]
+    see :func:`phase_dictionary`)."""
+    geometry = replace(projector.geometry, pc=tuple(float(v) for v in pc))
+    return phase_dictionary(projector.master_pattern, geometry, config)
 
 
 def _refine(
@@ -225,8 +323,14 @@ def _refine(
     fallback_ncc: float | None,
     iterations: int,
     compiled: bool = False,
+    ranked: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Refine the CNN's candidates; where the NCC stays low, refine dictionary candidates too.
+
+    ``ranked``: the coarse dictionary's ``(B, FALLBACK_CANDIDATES, 4)`` best entries,
+    when the start already is the first of them (a phase indexed without a model):
+    the fallback then goes on with the others, and the start gets the fallback's
+    doubled iterations.
 
     A coarse dictionary's best entry is refined first, only for the patterns
     whose NCC is below ``fallback_ncc``: mostly it is the right one (measured
@@ -247,7 +351,8 @@ def _refine(
     noise_tol = 0.0 if refine_pc else NOISE_TOL
     result = refine_orientations(
         patterns, candidates, projector, pcs, config, refine_pc=refine_pc,
-        max_iterations=iterations, compiled=compiled, noise_tol=noise_tol,
+        max_iterations=iterations if ranked is None else 2 * iterations, compiled=compiled,
+        noise_tol=noise_tol,
         give_up_ncc=None if fallback_ncc is None else GIVE_UP_FRACTION * fallback_ncc,
     )  # fmt: skip
     q, pcs, ncc = result.quaternions, result.pcs, result.ncc
@@ -256,10 +361,14 @@ def _refine(
     low = (ncc < fallback_ncc).nonzero().squeeze(1)
     if len(low) == 0:
         return q, pcs, ncc
-    dictionary = fallback_dictionary(projector, pcs.mean(0), config)
-    starts, _ = dictionary.top(patterns[low].cpu(), FALLBACK_CANDIDATES)
+    if ranked is None:
+        dictionary = fallback_dictionary(projector, pcs.mean(0), config)
+        starts, _ = dictionary.top(patterns[low].cpu(), FALLBACK_CANDIDATES)
+        rank_groups = (slice(0, 1), slice(1, FALLBACK_CANDIDATES))
+    else:
+        starts, rank_groups = ranked[low], (slice(1, ranked.shape[1]),)
     starts = starts.to(q.device)
-    for ranks in (slice(0, 1), slice(1, FALLBACK_CANDIDATES)):
+    for ranks in rank_groups:
         still = (ncc[low] < fallback_ncc).nonzero().squeeze(1)
         if len(still) == 0:
             break
@@ -321,13 +430,14 @@ class _FinishedBatches:
         self._write(self.folder / f"{name}.npz", buffer.getvalue())
 
 
-def _run_settings(data, n: int, card: dict, pcs: np.ndarray, options: dict) -> dict:
-    """What must match for a resumed run to continue the same map."""
+def _run_settings(data, n: int, model_sha256: str, pcs: np.ndarray, options: dict) -> dict:
+    """What must match for a resumed run to continue the same map (``model_sha256``: the
+    weights', or what identifies the dictionary without a model)."""
     ends = np.asarray(data[0]).tobytes() + np.asarray(data[n - 1]).tobytes()
     return {
         "patterns": n,
         "data_ends_sha256": hashlib.sha256(ends).hexdigest(),
-        "model_sha256": card["weights_sha256"],
+        "model_sha256": model_sha256,
         "pc_sha256": hashlib.sha256(np.ascontiguousarray(pcs).tobytes()).hexdigest(),
         **options,
     }
@@ -370,19 +480,20 @@ class _BatchIndexer:
     copy (``--scheduler``) and run batches exactly as the local loop does; each builds
     its projector on first use."""
 
-    net: torch.nn.Module
+    net: torch.nn.Module | None  # None: the phase's coarse dictionary gives the start
     master_pattern: MasterPattern
-    geometry: DetectorGeometry
+    geometry: DetectorGeometry  # at the shape refinement matches (see refine_shape)
     config: PreprocessConfig
     background: np.ndarray | None
-    model_shape: tuple[int, int]
-    model_pc: tuple[float, float, float]  # the card's nominal pattern centre
+    model_shape: tuple[int, int] | None
+    model_pc: tuple[float, float, float] | None  # the card's nominal pattern centre
     device: str
     precision: str  # resolved: "int8", "bfloat16" or "float32"
     refine: bool
     fallback_ncc: float | None
     compiled: bool
     batch_size: int
+    dictionary: object | None = None  # the start without a network (phase_dictionary)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -418,7 +529,9 @@ class _BatchIndexer:
         return self.__dict__["_cnn"]
 
     def _calibration(self) -> torch.Tensor:
-        geometry = replace(self.geometry, pc=self.model_pc)  # what the CNN sees
+        geometry = replace(
+            self.geometry, shape=self.model_shape, pc=self.model_pc
+        )  # the CNN's view
         return int8_calibration(self.master_pattern, geometry, self.config)
 
     def _at_model_pc(self, patterns: torch.Tensor, pcs: torch.Tensor) -> torch.Tensor:
@@ -468,12 +581,22 @@ class _BatchIndexer:
             bad = low == high
         raw = raw.float()
         raw[bad] = 0.0
-        patterns = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
+        # Refinement sees the patterns at their own resolution (binned only when large);
+        # the network sees them conditioned at its trained shape, as in training.
+        patterns = preprocess(raw, self.config, static_background=bg, shape=self.geometry.shape)
         patterns = patterns.to(dev)
-        net = self.net.to(dev)
         pc_batch = torch.from_numpy(pc_block).float().to(dev)
-        output = self.network(self._at_model_pc(patterns, pc_batch))
-        q = net.to_quaternions(output)
+        ranked = None
+        if self.net is None:
+            ranked, _ = self.dictionary.top(patterns.cpu(), FALLBACK_CANDIDATES)
+            ranked = ranked.to(dev)
+            q = ranked[:, 0].clone()
+        else:
+            seen = patterns
+            if self.model_shape != self.geometry.shape:
+                seen = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
+            output = self.network(self._at_model_pc(seen.to(dev), pc_batch))
+            q = self.net.to(dev).to_quaternions(output)
         if self.refine:
             # Refinement starts from the most likely hypothesis only. Judging all of them by
             # their coarse NCC first picked worse ones under noise: a start 3–5° off
@@ -486,6 +609,7 @@ class _BatchIndexer:
             q_good, pc_good, ncc_good = _refine(
                 patterns[good], q[good], pc_batch[good], self.projector, self.config,
                 fit_pc, self.fallback_ncc, iterations, self.compiled,
+                None if ranked is None else ranked[good],
             )  # fmt: skip
             q[good], pc_batch[good] = q_good, pc_good
             score = torch.zeros(len(q), dtype=torch.float64)
@@ -630,9 +754,11 @@ def _batches_on_cluster(scheduler: str, indexer: _BatchIndexer, spans, read, pcs
 
 def index(
     signal,
-    model: str | Path = "ni-60",
+    model: str | Path | None = None,
     pc: tuple[float, float, float] | None = None,
     master_pattern: MasterPattern | None = None,
+    phase=None,
+    energy: float | None = None,
     batch_size: int = 256,
     device: str = "auto",
     static_background: bool = True,
@@ -654,12 +780,26 @@ def index(
         kikuchipy ``EBSD`` or ``LazyEBSD``; its detector gives the pattern centres
         (one, or one per pattern) and tilts.
     model
-        A shipped model's name (``"ni-60"``) or the path of a saved model.
+        A shipped model's name (``"ni-60"``) or the path of a saved model. Default:
+        ``ni-60`` without ``phase``; with ``phase``, none (the phase's coarse
+        dictionary gives the start).
     pc
         Bruker pattern centre overriding the detector's.
     master_pattern
         Needed only for a model trained on a master pattern other than
         kikuchipy's shipped Ni; it must have the hash written in the card.
+    phase
+        The phase to index for: a CIF (a kinematical master pattern is simulated
+        at ``energy``, once, and cached; see :mod:`ebsdnet.phases`), a master-pattern
+        file, a kikuchipy ``EBSDMasterPattern`` or a
+        :class:`~ebsdnet.projector.MasterPattern`. Without a model, each pattern
+        starts from its best entries in a coarse dictionary of the phase
+        (:func:`phase_dictionary`); with one, of the same Laue group, from the CNN.
+        Refinement re-projects this phase's master pattern at the patterns' own
+        resolution and detector geometry (shape, tilts, PC from the file).
+    energy
+        Beam energy (kV) of ``phase``: a CIF's master pattern is simulated at it
+        (default 20), a master-pattern file must hold it.
     batch_size
         Patterns per batch, at most: the map is split into batches of equal size.
         Measured on a 10,000-pattern map (2-core CPU): peak memory of the whole
@@ -732,23 +872,19 @@ def index(
         dev = pick_device(device)
     except ValueError as exc:
         raise IndexingError(str(exc)) from None
-    net, card = _inference_model(model, dev)
-    model_shape = tuple(card["shape"])
-    if master_pattern is None:
-        master_pattern = MasterPattern.nickel()
-    if master_pattern.sha256 != card["master_pattern_sha256"]:
-        raise IndexingError(
-            "the master pattern is not the one this model was trained on (hash differs)"
-        )
     am = signal.axes_manager
-    sig_shape = am.signal_shape[::-1]  # (rows, cols)
-    try:
-        rebin_factor(sig_shape, model_shape)
-    except ValueError:
-        raise IndexingError(
-            f"patterns are {sig_shape[0]}×{sig_shape[1]} but the model expects "
-            f"{model_shape[0]}×{model_shape[1]} (or a whole multiple); retrain or rebin"
-        ) from None
+    sig_shape = tuple(am.signal_shape[::-1])  # (rows, cols)
+    net, card, master_pattern = _model_and_phase(model, phase, master_pattern, energy, dev)
+    model_shape = None if card is None else tuple(card["shape"])
+    if model_shape is not None:
+        try:
+            rebin_factor(sig_shape, model_shape)
+        except ValueError:
+            raise IndexingError(
+                f"patterns are {sig_shape[0]}×{sig_shape[1]} but the model expects "
+                f"{model_shape[0]}×{model_shape[1]} (or a whole multiple); retrain, rebin, "
+                "or index with --phase alone"
+            ) from None
     nav_shape = am.navigation_shape[::-1] or (1,)
     n = int(np.prod(nav_shape))
     if n == 0:
@@ -764,23 +900,29 @@ def index(
         raise IndexingError(str(exc)) from None
     detector = signal.detector
     pcs = _pattern_centres(detector, n, pc)
-    _check_pc_range(pcs, card)
-    _check_phase(signal, card["point_group"])
+    if card is not None:
+        _check_pc_range(pcs, card)
+    _check_phase(signal, master_pattern.point_group, master_pattern.phase_name)
     geometry = DetectorGeometry(
-        shape=model_shape,
-        pc=tuple(pcs[0]),
+        shape=refine_shape(sig_shape),
+        pc=tuple(pcs.mean(0)),
         sample_tilt=float(detector.sample_tilt),
         tilt=float(detector.tilt),
         azimuthal=float(detector.azimuthal),
         twist=float(detector.twist),
     )
-    config = PreprocessConfig(**card["preprocessing"])
+    config = PreprocessConfig(**card["preprocessing"]) if card else PreprocessConfig()
+    dictionary = None
+    if net is None:
+        dictionary = phase_dictionary(
+            master_pattern, geometry, config, show_progressbar=show_progressbar is not False
+        )
     indexer = _BatchIndexer(
         net=net, master_pattern=master_pattern, geometry=geometry, config=config,
         background=_static_background(signal, static_background), model_shape=model_shape,
-        model_pc=tuple(card["pc_nominal"]),
+        model_pc=None if card is None else tuple(card["pc_nominal"]),
         device=str(dev), precision=arithmetic, refine=refine, fallback_ncc=fallback_ncc,
-        compiled=compiled, batch_size=batch_size,
+        compiled=compiled, batch_size=batch_size, dictionary=dictionary,
     )  # fmt: skip
     data = signal.data.reshape((n, *sig_shape))
 
@@ -798,8 +940,13 @@ def index(
             "fallback_ncc": fallback_ncc, "batch_size": batch_size,
             "static_background": static_background, "precision": precision,
         }  # fmt: skip
-        store = _FinishedBatches(Path(progress_folder), _run_settings(data, n, card, pcs, options))
-    first_compile = not _cnn_kernel_kept(net, batch_size if arithmetic == "int8" else None)
+        identity = card["weights_sha256"] if card else f"dictionary {master_pattern.sha256}"
+        store = _FinishedBatches(
+            Path(progress_folder), _run_settings(data, n, identity, pcs, options)
+        )
+    first_compile = net is not None and not _cnn_kernel_kept(
+        net, batch_size if arithmetic == "int8" else None
+    )
     if compiled and scheduler is None and first_compile:
         log.info(
             "compiling the CNN (%s) and the projections: the first batch takes tens of seconds",
@@ -854,7 +1001,9 @@ def index(
     if master_pattern.phase is not None:
         phase = master_pattern.phase.deepcopy()
     else:
-        phase = Phase(name=card.get("phase") or "phase", point_group=card["point_group"])
+        phase = Phase(
+            name=master_pattern.phase_name or "phase", point_group=master_pattern.point_group
+        )
     xmap = CrystalMap(
         rotations=Rotation(quaternions),
         phase_id=np.where(not_indexed, -1, 0),

@@ -31,6 +31,7 @@ from ebsdnet.cards import save_model
 from ebsdnet.losses import compute_loss
 from ebsdnet.metrics import error_summary
 from ebsdnet.models import _bfloat16_native, create_model, predict_quaternions
+from ebsdnet.phases import master_pattern
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_pattern_centre
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
@@ -398,11 +399,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
 
-    mp = (
-        MasterPattern.from_file(cfg.master_pattern)
-        if cfg.master_pattern
-        else MasterPattern.nickel()
-    )
+    # A CIF, an EMsoft file or one written by ebsdnet (see ebsdnet.phases).
+    mp = master_pattern(cfg.master_pattern) if cfg.master_pattern else MasterPattern.nickel()
     geometry = DetectorGeometry(shape=tuple(cfg.shape), pc=tuple(cfg.pc))
     preprocessing = PreprocessConfig()
     degradation = training_degradation(cfg)
