@@ -222,6 +222,7 @@ def cmd_index(args) -> None:
         save_map,
         write_ipf_map,
     )
+    from ebsdnet.pattern_flags import not_indexed_summary
 
     src = Path(args.patterns)
     out = Path(args.output)
@@ -249,6 +250,7 @@ def cmd_index(args) -> None:
     except IndexingError as exc:
         raise UserError(str(exc)) from exc
     mp = _master_pattern(args) if args.master_pattern else None
+    min_ncc = MIN_NCC if args.min_ncc is None else args.min_ncc
     # Finished batches are kept beside the output until the map is written.
     progress = out.with_name(f".{out.name}.batches")
     if progress.exists() and not args.resume:
@@ -263,11 +265,14 @@ def cmd_index(args) -> None:
             signal, model=args.model, pc=None if args.pc is None else tuple(args.pc),
             master_pattern=mp, batch_size=args.batch_size, device=args.device,
             refine=not args.no_refine, refine_pc=args.refine_pc,
-            min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
+            min_ncc=min_ncc,
             progress_folder=progress, show_progressbar=not args.quiet,
             precision=args.precision, compiled={"on": True, "off": False}.get(args.compile),
             scheduler=args.scheduler,
         )  # fmt: skip
+        if not (xmap.phase_id >= 0).any():  # a map of nothing is no result: exit 2, no file
+            shutil.rmtree(progress, ignore_errors=True)
+            raise UserError(f"no map written: {not_indexed_summary(xmap.prop['flag'], min_ncc)}")
         save_map(xmap, out)
         shutil.rmtree(progress, ignore_errors=True)
     except (IndexingError, ModelFileError) as exc:
