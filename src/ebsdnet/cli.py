@@ -223,6 +223,7 @@ def cmd_index(args) -> None:
         write_ipf_map,
     )
     from ebsdnet.pattern_flags import not_indexed_summary
+    from ebsdnet.scan import ScanReadError, load_scan
 
     src = Path(args.patterns)
     out = Path(args.output)
@@ -237,14 +238,10 @@ def cmd_index(args) -> None:
         raise UserError("--refine-pc needs refinement: drop --no-refine")
     if args.pc is not None:
         _check_pc(args.pc)
-    import kikuchipy as kp
-
     try:
-        signal = kp.load(src, lazy=True)
-    except Exception as exc:  # readers raise many types for unreadable files
+        signal = load_scan(src, scan_size=args.scan_size)
+    except ScanReadError as exc:
         raise UserError(f"cannot read patterns from {src}: {exc}") from exc
-    if isinstance(signal, list) or not hasattr(signal, "detector"):
-        raise UserError(f"{src} holds no single EBSD map")
     try:  # before the indexing: a map that cannot be written fails at once
         check_map_path(out, int(np.prod(signal.axes_manager.navigation_shape)))
     except IndexingError as exc:
@@ -385,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("index", help="index a pattern file into an orientation map")
-    p.add_argument("patterns", help="any EBSD pattern file kikuchipy reads")
+    p.add_argument(
+        "patterns", help="any EBSD pattern file kikuchipy reads, or a stack HyperSpy reads"
+    )
     p.add_argument("-o", "--output", required=True, help="orientation map: .ang, .ctf or .h5")
     p.add_argument("--model", default="ni-60", help="shipped model name or saved model path")
     p.add_argument(
@@ -394,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar=("X", "Y", "Z"),
         help="pattern centre (Bruker) overriding the file's",
+    )
+    p.add_argument(
+        "--scan-size",
+        nargs=2,
+        type=int,
+        metavar=("ROWS", "COLS"),
+        help="map grid: for a NORDIF .dat without Setting.txt, or a flat stack of patterns",
     )
     p.add_argument("--ipf", metavar="PNG", help="also write an IPF-Z colour map")
     p.add_argument(
