@@ -272,6 +272,8 @@ def cmd_index(args) -> None:
         save_map,
         write_ipf_map,
     )
+    from ebsdnet.pattern_flags import not_indexed_summary
+    from ebsdnet.scan import ScanReadError, load_scan
 
     src = Path(args.patterns)
     out = Path(args.output)
@@ -286,14 +288,10 @@ def cmd_index(args) -> None:
         raise UserError("--refine-pc needs refinement: drop --no-refine")
     if args.pc is not None:
         _check_pc(args.pc)
-    import kikuchipy as kp
-
     try:
-        signal = kp.load(src, lazy=True)
-    except Exception as exc:  # readers raise many types for unreadable files
+        signal = load_scan(src, scan_size=args.scan_size)
+    except ScanReadError as exc:
         raise UserError(f"cannot read patterns from {src}: {exc}") from exc
-    if isinstance(signal, list) or not hasattr(signal, "detector"):
-        raise UserError(f"{src} holds no single EBSD map")
     try:  # before the indexing: a map that cannot be written fails at once
         check_map_path(out, int(np.prod(signal.axes_manager.navigation_shape)))
     except IndexingError as exc:
@@ -303,6 +301,7 @@ def cmd_index(args) -> None:
     if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise UserError(f"--plots {args.plots} is not a folder")
     mp = _master_pattern(args) if args.master_pattern else None
+    min_ncc = MIN_NCC if args.min_ncc is None else args.min_ncc
     # Finished batches are kept beside the output until the map is written.
     progress = out.with_name(f".{out.name}.batches")
     if progress.exists() and not args.resume:
@@ -318,11 +317,14 @@ def cmd_index(args) -> None:
             master_pattern=mp, phase=args.phase, energy=args.energy,
             batch_size=args.batch_size, device=args.device,
             refine=not args.no_refine, refine_pc=args.refine_pc,
-            min_ncc=MIN_NCC if args.min_ncc is None else args.min_ncc,
+            min_ncc=min_ncc,
             progress_folder=progress, show_progressbar=not args.quiet,
             precision=args.precision, compiled={"on": True, "off": False}.get(args.compile),
             scheduler=args.scheduler,
         )  # fmt: skip
+        if not (xmap.phase_id >= 0).any():  # a map of nothing is no result: exit 2, no file
+            shutil.rmtree(progress, ignore_errors=True)
+            raise UserError(f"no map written: {not_indexed_summary(xmap.prop['flag'], min_ncc)}")
         save_map(xmap, out)
         shutil.rmtree(progress, ignore_errors=True)
     except (IndexingError, ModelFileError) as exc:
@@ -461,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_master_pattern)
 
     p = sub.add_parser("index", help="index a pattern file into an orientation map")
-    p.add_argument("patterns", help="any EBSD pattern file kikuchipy reads")
+    p.add_argument(
+        "patterns", help="any EBSD pattern file kikuchipy reads, or a stack HyperSpy reads"
+    )
     p.add_argument("-o", "--output", required=True, help="orientation map: .ang, .ctf or .h5")
     p.add_argument(
         "--phase",
@@ -484,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar=("X", "Y", "Z"),
         help="pattern centre (Bruker) overriding the file's",
+    )
+    p.add_argument(
+        "--scan-size",
+        nargs=2,
+        type=int,
+        metavar=("ROWS", "COLS"),
+        help="map grid: for a NORDIF .dat without Setting.txt, or a flat stack of patterns",
     )
     p.add_argument("--ipf", metavar="PNG", help="also write an IPF-Z colour map")
     p.add_argument(

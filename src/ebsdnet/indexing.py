@@ -33,6 +33,14 @@ from ebsdnet.models import (
     resolve_precision,
     sigmoid_gelu,
 )
+from ebsdnet.pattern_flags import (
+    FLAG_INDEXED,
+    FLAG_LOW_NCC,
+    as_tensor,
+    not_indexed_summary,
+    pattern_flags,
+    usable_mean,
+)
 from ebsdnet.preprocess import PreprocessConfig, gaussian_blur, preprocess, rebin_factor
 from ebsdnet.projector import (
     DetectorGeometry,
@@ -237,10 +245,9 @@ def _static_background(signal, use: bool) -> np.ndarray | None:
     if bg is not None and np.shape(bg) == signal.axes_manager.signal_shape[::-1]:
         return np.asarray(bg, dtype=np.float32)
     # No background in the file: the scan's mean pattern, where bands average out.
-    nav_axes = tuple(range(signal.axes_manager.navigation_dimension))
-    mean = signal.data.mean(axis=nav_axes)
-    mean = np.asarray(mean.compute() if hasattr(mean, "compute") else mean, dtype=np.float32)
-    if signal.axes_manager.navigation_size >= SCAN_MEAN_MIN_PATTERNS:
+    n = signal.axes_manager.navigation_size or 1
+    mean, count = usable_mean(signal.data.reshape((n, *signal.data.shape[-2:])), n)
+    if mean is None or count >= SCAN_MEAN_MIN_PATTERNS:
         return mean
     # Few patterns, few grains: blurred, their mean keeps the detector's profile and
     # loses most of its bands.
@@ -458,8 +465,8 @@ def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
     """
     n = len(pcs)
     rows = np.unique(np.linspace(0, n - 1, min(n, PC_CALIBRATION_PATTERNS)).round().astype(int))
-    _, fitted, _, bad = run(read(rows), pcs[rows], True, PC_CALIBRATION_ITERATIONS)
-    shifts = (fitted - pcs[rows])[~bad.numpy()]
+    _, fitted, _, flag = run(read(rows), pcs[rows], True, PC_CALIBRATION_ITERATIONS)
+    shifts = (fitted - pcs[rows])[flag.numpy() == FLAG_INDEXED]
     if not len(shifts):
         return pcs
     median = np.median(shifts, axis=0)
@@ -562,25 +569,18 @@ class _BatchIndexer:
         return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
     def run(self, raw: np.ndarray, pc_block: np.ndarray, fit_pc: bool, iterations: int):
-        """CNN (+ refinement) of one block: quaternions, PCs, NCC, not-indexed mask."""
+        """CNN (+ refinement) of one block: quaternions, PCs, NCC, ``FLAG_*`` (0–3)."""
         dev = torch.device(self.device)
-        raw = np.asarray(raw)
-        # 16-bit detectors: torch's unsigned types above 8 bits lack most operations.
-        if raw.dtype.kind == "u" and raw.dtype.itemsize > 1:
-            raw = raw.astype(np.int32 if raw.dtype.itemsize == 2 else np.int64)
-        raw = torch.from_numpy(raw)
+        raw = as_tensor(raw)
         bg = None if self.background is None else torch.from_numpy(self.background)
         # NaN/inf, constant or saturated patterns carry no orientation: mark them
-        # not indexed, and zero them so that they cannot disturb the batch.
-        flat = raw.flatten(1)
-        if raw.is_floating_point():
-            low, high = flat.nan_to_num().aminmax(dim=1)
-            bad = ~torch.isfinite(flat).all(1) | (high - low < 1e-6)
-        else:  # integer patterns (most detectors' files) hold no NaN: 12 ms less per 1,600
-            low, high = flat.aminmax(dim=1)
-            bad = low == high
+        # not indexed, and zero them so that they cannot disturb the batch (in a copy:
+        # float32 ``raw`` is the caller's own array).
+        flag = pattern_flags(raw)
+        bad = flag != FLAG_INDEXED
         raw = raw.float()
-        raw[bad] = 0.0
+        if bad.any():
+            raw = torch.where(bad[:, None, None], 0.0, raw)
         # Refinement sees the patterns at their own resolution (binned only when large);
         # the network sees them conditioned at its trained shape, as in training.
         patterns = preprocess(raw, self.config, static_background=bg, shape=self.geometry.shape)
@@ -617,17 +617,19 @@ class _BatchIndexer:
         else:
             ncc = match_ncc(patterns, q, self.projector, pc_batch, self.config, self.compiled)
             score = ncc.double().cpu()
-        return q, pc_batch.double().cpu().numpy(), score, bad
+        return q, pc_batch.double().cpu().numpy(), score, flag
 
     def batch(self, raw: np.ndarray, pc_block: np.ndarray, min_ncc: float) -> dict:
-        """One batch of the map: ``quaternions``, ``ncc`` and ``not_indexed`` arrays."""
+        """One batch of the map: ``quaternions``, ``ncc``, ``not_indexed`` and ``flag`` arrays."""
         with torch.no_grad():
-            q, _, score, bad = self.run(raw, pc_block, False, REFINE_ITERATIONS)
-        bad |= score < min_ncc
+            q, _, score, flag = self.run(raw, pc_block, False, REFINE_ITERATIONS)
+        flag[(flag == FLAG_INDEXED) & (score < min_ncc)] = FLAG_LOW_NCC
+        bad = flag != FLAG_INDEXED
         return {
             "quaternions": q.double().cpu().numpy(),
             "ncc": torch.where(bad, 0.0, score).numpy().astype(np.float32),
             "not_indexed": bad.numpy(),
+            "flag": flag.numpy(),
         }
 
 
@@ -845,11 +847,16 @@ def index(
     Returns
     -------
     orix.crystal_map.CrystalMap
-        Rotations, phase from the model card, and property ``ncc``: the
-        normalised cross-correlation of each pattern with its re-projection.
-        Patterns with NaN/infinite values or no contrast (constant, saturated)
-        are not indexed: phase ``-1``, ``ncc`` 0; so are patterns with an NCC
-        below ``min_ncc``.
+        Rotations, phase from the model card, and properties ``ncc``, the
+        normalised cross-correlation of each pattern with its re-projection,
+        and ``flag``, why a point is not indexed (phase ``-1``, ``ncc`` 0):
+        0 indexed, 1 NaN or infinite values, 2 blank (constant, all zero),
+        3 saturated (at least half of its pixels at its highest value), 4 NCC
+        below ``min_ncc`` (:mod:`ebsdnet.pattern_flags`). Patterns flagged 1–3 are
+        left out of every whole-map statistic (the scan's mean background), so
+        the other patterns are indexed as without them. When more than half of
+        the points are not indexed (but some are), a warning gives the count
+        and the likely cause (:func:`~ebsdnet.pattern_flags.not_indexed_summary`).
 
     Raises
     ------
@@ -939,6 +946,7 @@ def index(
             "refine": refine, "refine_pc": refine_pc, "min_ncc": min_ncc,
             "fallback_ncc": fallback_ncc, "batch_size": batch_size,
             "static_background": static_background, "precision": precision,
+            "flags": True,  # batches written before the flag property lack it
         }  # fmt: skip
         identity = card["weights_sha256"] if card else f"dictionary {master_pattern.sha256}"
         store = _FinishedBatches(
@@ -961,12 +969,14 @@ def index(
         quaternions = np.empty((n, 4))
         ncc = np.empty(n, dtype=np.float32)
         not_indexed = np.zeros(n, dtype=bool)
+        flag = np.zeros(n, dtype=np.int8)
         bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
 
         def keep(start: int, stop: int, done: dict) -> None:
             quaternions[start:stop] = done["quaternions"]
             ncc[start:stop] = done["ncc"]
             not_indexed[start:stop] = done["not_indexed"]
+            flag[start:stop] = done["flag"]
             bar.update(stop - start)
 
         todo = []
@@ -989,8 +999,11 @@ def index(
                 store.save(f"batch{start:012d}", **done)
             keep(start, stop, done)
         bar.close()
+    summary = not_indexed_summary(flag, min_ncc)
+    if summary and not not_indexed.all():  # none indexed: the map says so in every point
+        log.warning(summary)
 
-    prop = {"ncc": ncc}
+    prop = {"ncc": ncc, "flag": flag}
     if refine and refine_pc:
         prop.update({f"pc{axis}": pcs[:, i] for i, axis in enumerate("xyz")})
     rows, cols = nav_shape if len(nav_shape) == 2 else (1, n)
