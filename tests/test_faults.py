@@ -70,7 +70,7 @@ def test_a_file_of_another_phase_is_refused():
         y=np.arange(4.0) // 2,
         phase_list=PhaseList(Phase("ti", point_group="6/mmm")),
     )
-    with pytest.raises(IndexingError, match="point group 6/mmm"):
+    with pytest.raises(IndexingError, match=r"'ti' \(6/mmm\)"):
         index(signal, show_progressbar=False)
 
 

@@ -314,7 +314,7 @@ def cmd_index(args) -> None:
     try:
         xmap = index(
             signal, model=args.model, pc=None if args.pc is None else tuple(args.pc),
-            master_pattern=mp, phase=args.phase, energy=args.energy,
+            master_pattern=mp, phases=args.phase, energy=args.energy,
             batch_size=args.batch_size, device=args.device,
             refine=not args.no_refine, refine_pc=args.refine_pc,
             min_ncc=min_ncc,
@@ -333,6 +333,13 @@ def cmd_index(args) -> None:
         raise UserError(f"cannot write {out}: {exc}") from exc
     n_indexed = int((xmap.phase_id >= 0).sum())
     print(f"indexed {n_indexed:,} of {xmap.size:,} patterns: wrote {out}")
+    if args.phase is not None and len(args.phase) > 1:
+        fractions = ", ".join(
+            f"{phase.name} {100 * np.mean(xmap.phase_id == i):.1f}%"
+            for i, phase in xmap.phases
+            if i >= 0
+        )
+        print(f"phase fractions: {fractions}, not indexed {100 * np.mean(xmap.phase_id < 0):.1f}%")
     if args.ipf:
         print(f"wrote {write_ipf_map(xmap, args.ipf)}")
     if args.plots:
@@ -470,9 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--phase",
         metavar="CIF|H5",
+        action="append",
         help="index for this phase: a CIF (kinematical master pattern, simulated once and "
         "cached) or a master-pattern file; without --model a coarse dictionary of the phase "
-        "gives each pattern's start",
+        "gives each pattern's start; repeat for a multi-phase map",
     )
     p.add_argument(
         "--energy", type=float, help="beam energy of --phase, kV (default 20 for a CIF)"

@@ -34,6 +34,7 @@ from ebsdnet.models import (
     sigmoid_gelu,
 )
 from ebsdnet.pattern_flags import (
+    FLAG_AMBIGUOUS_PHASE,
     FLAG_INDEXED,
     FLAG_LOW_NCC,
     as_tensor,
@@ -88,6 +89,12 @@ FALLBACK_RESOLUTION_DEG = 3.0
 FALLBACK_CANDIDATES = 8
 MATCH_SIDE = 32
 DICTIONARY_MAX_BYTES = 600e6
+#: Several phases: those whose coarse-dictionary NCC is within this of the best phase's
+#: are refined (the contenders); the others keep their start.
+SCREEN_MARGIN = 0.1
+#: Several phases: points whose best NCC exceeds the runner-up phase's by less than this
+#: are flagged ``FLAG_AMBIGUOUS_PHASE`` (still indexed, with the best phase).
+AMBIGUOUS_MARGIN = 0.01
 #: Orientations of a 3° cubochoric grid over all of SO(3) (orix: 30,443 in m-3m's zone).
 _SO3_ENTRIES_AT_3DEG = 730_632
 #: Refinement works at the patterns' own resolution up to this many pixels a side;
@@ -164,63 +171,85 @@ def _pattern_centres(detector, n: int, pc: tuple[float, float, float] | None) ->
     return pcs
 
 
+def _map_phase(master_pattern: MasterPattern):
+    """The orix ``Phase`` a map carries for a master pattern (its own, or one named
+    from its point group)."""
+    from orix.crystal_map import Phase
+
+    if master_pattern.phase is not None:
+        return master_pattern.phase.deepcopy()
+    return Phase(name=master_pattern.phase_name or "phase", point_group=master_pattern.point_group)
+
+
 def _laue(point_group: str) -> str:
     from ebsdnet.rotations import orix_point_group
 
     return orix_point_group(point_group).laue.name
 
 
-def _check_phase(signal, point_group: str, name: str = "") -> None:
-    """Refuse a file whose stored phase has another Laue group than the one indexed for."""
+def _check_phase(signal, masters: list[MasterPattern]) -> None:
+    """Refuse a file whose stored phases share no Laue group with the phases indexed for
+    (a file may hold more phases than a user indexes for, not only others)."""
     xmap = getattr(signal, "xmap", None)
     if xmap is None:
         return
-    for _, phase in xmap.phases_in_data:
-        if phase.point_group is not None and phase.point_group.laue.name != _laue(point_group):
-            raise IndexingError(
-                f"the file's phase {phase.name!r} has point group {phase.point_group.name}, "
-                f"but {name or 'the phase'} indexed for has {point_group}: give the "
-                "file's phase (--phase) or a model trained for it"
-            )
+    stored = [p for _, p in xmap.phases_in_data if p.point_group is not None]
+    wanted = {_laue(mp.point_group) for mp in masters}
+    if stored and not any(p.point_group.laue.name in wanted for p in stored):
+        theirs = ", ".join(f"{p.name!r} ({p.point_group.name})" for p in stored)
+        ours = ", ".join(f"{mp.phase_name or 'the phase'} ({mp.point_group})" for mp in masters)
+        raise IndexingError(
+            f"the file's phases {theirs} share no symmetry with {ours} indexed for: "
+            "give the file's phase (--phase) or a model trained for it"
+        )
 
 
-def _model_and_phase(model, phase, master_pattern, energy, device):
-    """The network and card (``None, None`` without a model) and the master pattern the
-    map is refined against, checked against each other.
+def _model_and_phases(model, phases, master_pattern, energy, device):
+    """The network and card (``None, None`` without a model), the master patterns the
+    map is refined against (one per phase), and which of them the network starts.
 
-    Without ``phase``: the model (default ``ni-60``) and the master pattern it was
-    trained on. With ``phase``: its master pattern (a CIF's is simulated or taken from
-    the cache) and, only when one is named, a model of the same Laue group.
+    Without ``phases``: the model (default ``ni-60``) and the master pattern it was
+    trained on. With ``phases``: their master patterns (a CIF's is simulated or taken
+    from the cache) and, only when one is named, a model that starts the phases of its
+    Laue group (it must have one).
     """
     from ebsdnet.phases import PhaseError
     from ebsdnet.phases import master_pattern as phase_master_pattern
 
-    if phase is not None and master_pattern is not None:
-        raise IndexingError("give the phase or a master pattern, not both")
-    if phase is None and model is None:
+    if phases is not None and master_pattern is not None:
+        raise IndexingError("give the phases or a master pattern, not both")
+    if phases is not None and not len(phases):
+        raise IndexingError("the phase list is empty: give at least one phase")
+    if phases is None and model is None:
         model = DEFAULT_MODEL
     net, card = (None, None) if model is None else _inference_model(model, device)
-    if phase is None:
+    if phases is None:
         if master_pattern is None:
             master_pattern = MasterPattern.nickel()
         if master_pattern.sha256 != card["master_pattern_sha256"]:
             raise IndexingError(
                 "the master pattern is not the one this model was trained on (hash differs)"
             )
-        return net, card, master_pattern
+        return net, card, [master_pattern], [True]
     try:
-        master_pattern = phase_master_pattern(phase, energy)
+        patterns = [phase_master_pattern(source, energy) for source in phases]
     except PhaseError as exc:
         raise IndexingError(str(exc)) from None
-    if card is not None:
-        trained, wanted = _laue(card["point_group"]), _laue(master_pattern.point_group)
-        if trained != wanted:
-            raise IndexingError(
-                f"model {Path(str(model)).name} is trained for Laue group {trained}, but "
-                f"phase {master_pattern.phase_name!r} has {wanted}: drop --model or use "
-                "one trained for this phase"
-            )
-    return net, card, master_pattern
+    names = [mp.phase_name for mp in patterns]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise IndexingError(f"two phases are named {twice[0]!r}: phase names must differ")
+    if card is None:
+        return None, None, patterns, [False] * len(patterns)
+    trained = _laue(card["point_group"])
+    started = [_laue(mp.point_group) == trained for mp in patterns]
+    if not any(started):
+        wanted = ", ".join(f"{mp.phase_name!r} has {_laue(mp.point_group)}" for mp in patterns)
+        raise IndexingError(
+            f"model {Path(str(model)).name} is trained for Laue group {trained}, but phase "
+            f"{wanted}: drop --model or use one trained for this phase"
+        )
+    return net, card, patterns, started
 
 
 def _check_pc_range(pcs: np.ndarray, card: dict) -> None:
@@ -256,6 +285,8 @@ def _static_background(signal, use: bool) -> np.ndarray | None:
 
 
 _FALLBACK_DICTIONARIES: dict[tuple, object] = {}
+#: Dictionaries kept between calls: a map's phases (each ≤ ``DICTIONARY_MAX_BYTES``).
+MAX_CACHED_DICTIONARIES = 3
 
 
 def match_shape(shape: tuple[int, int]) -> tuple[int, int]:
@@ -270,7 +301,7 @@ def dictionary_resolution(point_group: str, shape: tuple[int, int]) -> float:
     coarser where 3° would exceed ``DICTIONARY_MAX_BYTES`` at :func:`match_shape`.
 
     >>> dictionary_resolution("m-3m", (60, 60)), round(dictionary_resolution("-1", (60, 60)), 2)
-    (3.0, 3.91)
+    (3.0, 3.9)
     """
     from ebsdnet.rotations import orix_point_group
 
@@ -305,9 +336,14 @@ def phase_dictionary(
     key = (master_pattern.texture_key, geometry, config, resolution)
     if key not in _FALLBACK_DICTIONARIES:
         log.info("building the %.3g° dictionary of %s", resolution, master_pattern.phase_name)
-        _FALLBACK_DICTIONARIES.clear()  # keep one: each holds ≤ DICTIONARY_MAX_BYTES
+        while len(_FALLBACK_DICTIONARIES) >= MAX_CACHED_DICTIONARIES:  # oldest out
+            del _FALLBACK_DICTIONARIES[next(iter(_FALLBACK_DICTIONARIES))]
+        shape = match_shape(geometry.shape)
+        # Simulated at twice the matching shape, not the detector's: the pooled entries
+        # barely differ, and a 100×120 detector's dictionary costs a quarter.
+        simulated = tuple(min(n, 2 * m) for n, m in zip(geometry.shape, shape, strict=True))
         _FALLBACK_DICTIONARIES[key] = build_dictionary(
-            resolution, master_pattern, geometry, config, shape=match_shape(geometry.shape),
+            resolution, master_pattern, replace(geometry, shape=simulated), config, shape=shape,
             show_progressbar=show_progressbar,
         )  # fmt: skip
     return _FALLBACK_DICTIONARIES[key]
@@ -465,7 +501,7 @@ def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
     """
     n = len(pcs)
     rows = np.unique(np.linspace(0, n - 1, min(n, PC_CALIBRATION_PATTERNS)).round().astype(int))
-    _, fitted, _, flag = run(read(rows), pcs[rows], True, PC_CALIBRATION_ITERATIONS)
+    _, fitted, _, flag, *_ = run(read(rows), pcs[rows], True, PC_CALIBRATION_ITERATIONS)
     shifts = (fitted - pcs[rows])[flag.numpy() == FLAG_INDEXED]
     if not len(shifts):
         return pcs
@@ -482,31 +518,33 @@ def _calibrated_pcs(pcs: np.ndarray, read, run) -> np.ndarray:
 
 
 @dataclass
-class _BatchIndexer:
-    """What one batch's CNN and refinement need. Picklable: dask workers receive one
-    copy (``--scheduler``) and run batches exactly as the local loop does; each builds
-    its projector on first use."""
+class _Phase:
+    """One phase's start (its CNN, or its coarse dictionary) and refinement. Picklable:
+    dask workers receive one copy (``--scheduler``); each builds its projector and
+    network kernel on first use."""
 
-    net: torch.nn.Module | None  # None: the phase's coarse dictionary gives the start
     master_pattern: MasterPattern
     geometry: DetectorGeometry  # at the shape refinement matches (see refine_shape)
     config: PreprocessConfig
-    background: np.ndarray | None
-    model_shape: tuple[int, int] | None
-    model_pc: tuple[float, float, float] | None  # the card's nominal pattern centre
     device: str
     precision: str  # resolved: "int8", "bfloat16" or "float32"
-    refine: bool
     fallback_ncc: float | None
     compiled: bool
     batch_size: int
-    dictionary: object | None = None  # the start without a network (phase_dictionary)
+    net: torch.nn.Module | None = None  # None: the coarse dictionary gives the start
+    model_shape: tuple[int, int] | None = None
+    model_pc: tuple[float, float, float] | None = None  # the card's nominal pattern centre
+    dictionary: object | None = None  # phase_dictionary: the start, or the screen
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_projector", None)
         state.pop("_cnn", None)
         return state
+
+    @property
+    def name(self) -> str:
+        return self.master_pattern.phase_name
 
     @property
     def projector(self) -> Projector:
@@ -536,9 +574,8 @@ class _BatchIndexer:
         return self.__dict__["_cnn"]
 
     def _calibration(self) -> torch.Tensor:
-        geometry = replace(
-            self.geometry, shape=self.model_shape, pc=self.model_pc
-        )  # the CNN's view
+        # The CNN's view: its trained shape, at its nominal PC.
+        geometry = replace(self.geometry, shape=self.model_shape, pc=self.model_pc)
         return int8_calibration(self.master_pattern, geometry, self.config)
 
     def _at_model_pc(self, patterns: torch.Tensor, pcs: torch.Tensor) -> torch.Tensor:
@@ -568,8 +605,53 @@ class _BatchIndexer:
             outputs.append({key: value[:n].float() for key, value in output.items()})
         return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
+    def start(self, raw, bg, patterns: Tensor, pcs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Each pattern's start ``(B, 4)`` and, from the coarse dictionary, its ranked
+        candidates ``(B, FALLBACK_CANDIDATES, 4)`` (``None`` when the CNN starts)."""
+        dev = torch.device(self.device)
+        if self.net is None:
+            ranked, _ = self.dictionary.top(patterns.cpu(), FALLBACK_CANDIDATES)
+            ranked = ranked.to(dev)
+            return ranked[:, 0].clone(), ranked
+        seen = patterns
+        if self.model_shape != self.geometry.shape:  # the network sees its trained shape
+            seen = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
+        output = self.network(self._at_model_pc(seen.to(dev), pcs))
+        return self.net.to(dev).to_quaternions(output), None
+
+    def screen(self, patterns: Tensor) -> Tensor:
+        """Each pattern's best NCC in the phase's coarse dictionary ``(B,)``: which phases
+        are worth refining."""
+        _, score = self.dictionary.top(patterns.cpu(), 1)
+        return score[:, 0].to(patterns.device)
+
+    def refine(self, patterns, q, pcs, ranked, fit_pc: bool, iterations: int):
+        """:func:`_refine` from ``q`` (the fallback's candidates: ``ranked``)."""
+        return _refine(
+            patterns, q, pcs, self.projector, self.config, fit_pc, self.fallback_ncc,
+            iterations, self.compiled, ranked,
+        )  # fmt: skip
+
+    def ncc(self, patterns: Tensor, q: Tensor, pcs: Tensor) -> Tensor:
+        return match_ncc(patterns, q, self.projector, pcs, self.config, self.compiled)
+
+
+@dataclass
+class _BatchIndexer:
+    """What one batch needs: the conditioning shared by every phase, and the phases.
+    Picklable (see :class:`_Phase`)."""
+
+    phases: list[_Phase]
+    config: PreprocessConfig
+    background: np.ndarray | None
+    shape: tuple[int, int]  # refinement's (see refine_shape)
+    device: str
+    refine: bool
+
     def run(self, raw: np.ndarray, pc_block: np.ndarray, fit_pc: bool, iterations: int):
-        """CNN (+ refinement) of one block: quaternions, PCs, NCC, ``FLAG_*`` (0–3)."""
+        """Start (+ refinement) of one block: quaternions, PCs, NCC, ``FLAG_*`` (0–3), each
+        pattern's phase (index into ``phases``) and its margin over the runner-up phase
+        (NaN with one phase)."""
         dev = torch.device(self.device)
         raw = as_tensor(raw)
         bg = None if self.background is None else torch.from_numpy(self.background)
@@ -582,22 +664,19 @@ class _BatchIndexer:
         if bad.any():
             raw = torch.where(bad[:, None, None], 0.0, raw)
         # Refinement sees the patterns at their own resolution (binned only when large);
-        # the network sees them conditioned at its trained shape, as in training.
-        patterns = preprocess(raw, self.config, static_background=bg, shape=self.geometry.shape)
+        # a network sees them conditioned at its trained shape, as in training.
+        patterns = preprocess(raw, self.config, static_background=bg, shape=self.shape)
         patterns = patterns.to(dev)
         pc_batch = torch.from_numpy(pc_block).float().to(dev)
-        ranked = None
-        if self.net is None:
-            ranked, _ = self.dictionary.top(patterns.cpu(), FALLBACK_CANDIDATES)
-            ranked = ranked.to(dev)
-            q = ranked[:, 0].clone()
-        else:
-            seen = patterns
-            if self.model_shape != self.geometry.shape:
-                seen = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
-            output = self.network(self._at_model_pc(seen.to(dev), pc_batch))
-            q = self.net.to(dev).to_quaternions(output)
-        if self.refine:
+        b = len(patterns)
+        good = (~bad).nonzero().squeeze(1).to(dev)
+        phase = torch.zeros(b, dtype=torch.long)
+        margin = torch.full((b,), float("nan"), dtype=torch.float64)
+        if len(self.phases) == 1:
+            q, ranked = self.phases[0].start(raw, bg, patterns, pc_batch)
+            if not self.refine:
+                score = self.phases[0].ncc(patterns, q, pc_batch).double().cpu()
+                return q, pc_batch.double().cpu().numpy(), score, flag, phase, margin
             # Refinement starts from the most likely hypothesis only. Judging all of them by
             # their coarse NCC first picked worse ones under noise: a start 3–5° off
             # correlates no better than a wrong one there. Measured (simulated 40×40 maps,
@@ -605,31 +684,71 @@ class _BatchIndexer:
             # alone; dose 100 at contrast 0.3, 7 → 2; the nine real patterns 5 → 1 of 9;
             # with the fallback (the default) every map ended within 5° either way, the
             # same mean errors to ±0.003°, 2–5% faster without the judging.
-            good = (~bad).nonzero().squeeze(1).to(dev)
-            q_good, pc_good, ncc_good = _refine(
-                patterns[good], q[good], pc_batch[good], self.projector, self.config,
-                fit_pc, self.fallback_ncc, iterations, self.compiled,
-                None if ranked is None else ranked[good],
+            q_good, pc_good, ncc_good = self.phases[0].refine(
+                patterns[good], q[good], pc_batch[good],
+                None if ranked is None else ranked[good], fit_pc, iterations,
             )  # fmt: skip
             q[good], pc_batch[good] = q_good, pc_good
-            score = torch.zeros(len(q), dtype=torch.float64)
+            score = torch.zeros(b, dtype=torch.float64)
             score[good.cpu()] = ncc_good.double().cpu()
-        else:
-            ncc = match_ncc(patterns, q, self.projector, pc_batch, self.config, self.compiled)
-            score = ncc.double().cpu()
-        return q, pc_batch.double().cpu().numpy(), score, flag
+            return q, pc_batch.double().cpu().numpy(), score, flag, phase, margin
+        q, pcs, ncc, which, second = self._phases_of(
+            patterns[good], raw[good.cpu()], bg, pc_batch[good], fit_pc, iterations
+        )
+        q_all = torch.zeros(b, 4, device=dev)
+        q_all[:, 0] = 1.0
+        q_all[good], pc_batch[good] = q, pcs
+        score = torch.zeros(b, dtype=torch.float64)
+        score[good.cpu()] = ncc.double().cpu()
+        phase[good.cpu()] = which.cpu()
+        margin[good.cpu()] = (ncc - second).double().cpu()
+        return q_all, pc_batch.double().cpu().numpy(), score, flag, phase, margin
+
+    def _phases_of(self, patterns, raw, bg, pcs, fit_pc: bool, iterations: int):
+        """Several phases: every phase screened by its coarse dictionary, the contenders
+        (within ``SCREEN_MARGIN`` of the best screen) started and refined, the highest
+        final NCC wins. The runner-up's NCC is its refined one where it contended,
+        else that of its start."""
+        k, g = len(self.phases), len(patterns)
+        screens = torch.stack([ph.screen(patterns) for ph in self.phases])  # (K, G)
+        contender = screens >= screens.max(0).values - SCREEN_MARGIN
+        qs = torch.zeros(k, g, 4, device=patterns.device)
+        pcs_k = pcs.expand(k, g, 3).clone()
+        final = torch.full((k, g), -1.0, device=patterns.device)
+        for i, ph in enumerate(self.phases):
+            q, ranked = ph.start(raw, bg, patterns, pcs)
+            rows = contender[i].nonzero().squeeze(1)
+            rest = (~contender[i]).nonzero().squeeze(1)
+            qs[i] = q
+            if self.refine and len(rows):
+                qs[i, rows], pcs_k[i, rows], final[i, rows] = ph.refine(
+                    patterns[rows], q[rows], pcs[rows], None if ranked is None else ranked[rows],
+                    fit_pc, iterations,
+                )  # fmt: skip
+            elif len(rows):
+                final[i, rows] = ph.ncc(patterns[rows], q[rows], pcs[rows])
+            if len(rest):  # the runner-up's NCC where it is not refined: at its start
+                final[i, rest] = ph.ncc(patterns[rest], q[rest], pcs[rest])
+        top = final.topk(2, dim=0)
+        which, second = top.indices[0], top.values[1]
+        cols = torch.arange(g, device=patterns.device)
+        return qs[which, cols], pcs_k[which, cols], top.values[0], which, second
 
     def batch(self, raw: np.ndarray, pc_block: np.ndarray, min_ncc: float) -> dict:
-        """One batch of the map: ``quaternions``, ``ncc``, ``not_indexed`` and ``flag`` arrays."""
+        """One batch of the map: ``quaternions``, ``ncc``, ``not_indexed``, ``flag``,
+        ``phase`` and ``phase_margin`` arrays."""
         with torch.no_grad():
-            q, _, score, flag = self.run(raw, pc_block, False, REFINE_ITERATIONS)
+            q, _, score, flag, phase, margin = self.run(raw, pc_block, False, REFINE_ITERATIONS)
         flag[(flag == FLAG_INDEXED) & (score < min_ncc)] = FLAG_LOW_NCC
         bad = flag != FLAG_INDEXED
+        flag[~bad & (margin < AMBIGUOUS_MARGIN)] = FLAG_AMBIGUOUS_PHASE  # NaN: one phase
         return {
             "quaternions": q.double().cpu().numpy(),
             "ncc": torch.where(bad, 0.0, score).numpy().astype(np.float32),
             "not_indexed": bad.numpy(),
             "flag": flag.numpy(),
+            "phase": phase.numpy().astype(np.int16),
+            "phase_margin": torch.where(bad, float("nan"), margin).numpy().astype(np.float32),
         }
 
 
@@ -761,6 +880,7 @@ def index(
     master_pattern: MasterPattern | None = None,
     phase=None,
     energy: float | None = None,
+    phases: list | None = None,
     batch_size: int = 256,
     device: str = "auto",
     static_background: bool = True,
@@ -802,6 +922,14 @@ def index(
     energy
         Beam energy (kV) of ``phase``: a CIF's master pattern is simulated at it
         (default 20), a master-pattern file must hold it.
+    phases
+        Several phases, each as ``phase`` (names must differ). Each pattern is
+        screened against every phase's coarse dictionary; the phases within
+        ``SCREEN_MARGIN`` of the best screen are refined, and the highest final NCC
+        wins. The map then holds property ``phase_margin``: that NCC minus the
+        runner-up phase's (refined where it contended, else at its start), small
+        where phases are hard to tell apart. A model (``model``) starts the phases
+        of its Laue group.
     batch_size
         Patterns per batch, at most: the map is split into batches of equal size.
         Measured on a 10,000-pattern map (2-core CPU): peak memory of the whole
@@ -865,7 +993,7 @@ def index(
         no or an unphysical pattern centre; a file phase the model was not
         trained for; no patterns.
     """
-    from orix.crystal_map import CrystalMap, Phase, PhaseList
+    from orix.crystal_map import CrystalMap, PhaseList
     from orix.quaternion import Rotation
     from tqdm.auto import tqdm
 
@@ -881,7 +1009,11 @@ def index(
         raise IndexingError(str(exc)) from None
     am = signal.axes_manager
     sig_shape = tuple(am.signal_shape[::-1])  # (rows, cols)
-    net, card, master_pattern = _model_and_phase(model, phase, master_pattern, energy, dev)
+    if phase is not None and phases is not None:
+        raise IndexingError("give phase or phases, not both")
+    if phase is not None:
+        phases = [phase]
+    net, card, masters, started = _model_and_phases(model, phases, master_pattern, energy, dev)
     model_shape = None if card is None else tuple(card["shape"])
     if model_shape is not None:
         try:
@@ -909,7 +1041,7 @@ def index(
     pcs = _pattern_centres(detector, n, pc)
     if card is not None:
         _check_pc_range(pcs, card)
-    _check_phase(signal, master_pattern.point_group, master_pattern.phase_name)
+    _check_phase(signal, masters)
     geometry = DetectorGeometry(
         shape=refine_shape(sig_shape),
         pc=tuple(pcs.mean(0)),
@@ -919,17 +1051,32 @@ def index(
         twist=float(detector.twist),
     )
     config = PreprocessConfig(**card["preprocessing"]) if card else PreprocessConfig()
-    dictionary = None
-    if net is None:
-        dictionary = phase_dictionary(
-            master_pattern, geometry, config, show_progressbar=show_progressbar is not False
+    phase_list = []
+    for mp, by_net in zip(masters, started, strict=True):
+        dictionary = None  # the start without a network; every phase's screen with several
+        if not by_net or len(masters) > 1:
+            dictionary = phase_dictionary(
+                mp, geometry, config, show_progressbar=show_progressbar is not False
+            )
+        phase_list.append(
+            _Phase(
+                master_pattern=mp,
+                geometry=geometry,
+                config=config,
+                device=str(dev),
+                precision=arithmetic,
+                fallback_ncc=fallback_ncc,
+                compiled=compiled,
+                batch_size=batch_size,
+                net=net if by_net else None,
+                model_shape=model_shape if by_net else None,
+                model_pc=tuple(card["pc_nominal"]) if by_net else None,
+                dictionary=dictionary,
+            )
         )
     indexer = _BatchIndexer(
-        net=net, master_pattern=master_pattern, geometry=geometry, config=config,
-        background=_static_background(signal, static_background), model_shape=model_shape,
-        model_pc=None if card is None else tuple(card["pc_nominal"]),
-        device=str(dev), precision=arithmetic, refine=refine, fallback_ncc=fallback_ncc,
-        compiled=compiled, batch_size=batch_size, dictionary=dictionary,
+        phases=phase_list, config=config, shape=geometry.shape, device=str(dev),
+        background=_static_background(signal, static_background), refine=refine,
     )  # fmt: skip
     data = signal.data.reshape((n, *sig_shape))
 
@@ -947,8 +1094,10 @@ def index(
             "fallback_ncc": fallback_ncc, "batch_size": batch_size,
             "static_background": static_background, "precision": precision,
             "flags": True,  # batches written before the flag property lack it
+            "phases": len(masters),
         }  # fmt: skip
-        identity = card["weights_sha256"] if card else f"dictionary {master_pattern.sha256}"
+        weights = [] if card is None else [card["weights_sha256"]]
+        identity = " ".join(weights + [mp.sha256 for mp in masters])
         store = _FinishedBatches(
             Path(progress_folder), _run_settings(data, n, identity, pcs, options)
         )
@@ -970,6 +1119,8 @@ def index(
         ncc = np.empty(n, dtype=np.float32)
         not_indexed = np.zeros(n, dtype=bool)
         flag = np.zeros(n, dtype=np.int8)
+        which = np.zeros(n, dtype=np.int16)
+        margin = np.full(n, np.nan, dtype=np.float32)
         bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
 
         def keep(start: int, stop: int, done: dict) -> None:
@@ -977,6 +1128,8 @@ def index(
             ncc[start:stop] = done["ncc"]
             not_indexed[start:stop] = done["not_indexed"]
             flag[start:stop] = done["flag"]
+            which[start:stop] = done["phase"]
+            margin[start:stop] = done["phase_margin"]
             bar.update(stop - start)
 
         todo = []
@@ -1004,6 +1157,8 @@ def index(
         log.warning(summary)
 
     prop = {"ncc": ncc, "flag": flag}
+    if len(masters) > 1:
+        prop["phase_margin"] = margin
     if refine and refine_pc:
         prop.update({f"pc{axis}": pcs[:, i] for i, axis in enumerate("xyz")})
     rows, cols = nav_shape if len(nav_shape) == 2 else (1, n)
@@ -1011,23 +1166,20 @@ def index(
     dx = float(scale[0])
     dy = float(scale[1]) if len(scale) > 1 else dx
     yy, xx = np.mgrid[0:rows, 0:cols]
-    if master_pattern.phase is not None:
-        phase = master_pattern.phase.deepcopy()
-    else:
-        phase = Phase(
-            name=master_pattern.phase_name or "phase", point_group=master_pattern.point_group
-        )
+    phase_list = PhaseList([_map_phase(mp) for mp in masters])
     xmap = CrystalMap(
         rotations=Rotation(quaternions),
-        phase_id=np.where(not_indexed, -1, 0),
+        phase_id=np.where(not_indexed, -1, which),
         x=(xx.ravel() * dx).astype(float),
         y=(yy.ravel() * dy).astype(float),
-        phase_list=PhaseList(phase),
+        phase_list=phase_list,
         prop=prop,
         scan_unit=str(am.navigation_axes[0].units) if am.navigation_axes else "px",
     )
-    if 0 not in xmap.phases.ids:  # orix drops phases no point has: keep it for the files
-        xmap.phases.add(phase)
+    for i, phase_entry in phase_list:  # orix drops phases no point has: keep them for the files
+        if i not in xmap.phases.ids:
+            xmap.phases.add(phase_entry)
+    xmap.phases.sort_by_id()
     return xmap
 
 
@@ -1064,9 +1216,7 @@ def _write_ctf(xmap, path: Path) -> None:
     """
     rows, cols, x, y = _grid(xmap)
     euler = np.rad2deg(xmap.rotations.to_euler())
-    phase = xmap.phases[0]
-    laue = phase.point_group.laue.name
-    abc = phase.structure.lattice.abcABG()
+    phases = [(i, phase) for i, phase in xmap.phases if i >= 0]
     ncc = xmap.prop.get("ncc", np.zeros(xmap.size))
     header = [
         "Channel Text File",
@@ -1081,19 +1231,27 @@ def _write_ctf(xmap, path: Path) -> None:
         "AcqE2\t0",
         "AcqE3\t0",
         "Euler angles refer to Sample Coordinate system (CS0)!",
-        "Phases\t1",
-        f"{abc[0] * 10:.4f};{abc[1] * 10:.4f};{abc[2] * 10:.4f}\t"
-        f"{abc[3]:.3f};{abc[4]:.3f};{abc[5]:.3f}\t{phase.name}\t{_CTF_LAUE_IDS.get(laue, 1)}\t"
-        f"{phase.space_group.number if phase.space_group is not None else 0}",
-        "Phase\tX\tY\tBands\tError\tEuler1\tEuler2\tEuler3\tMAD\tBC\tBS",
+        f"Phases\t{len(phases)}",
     ]
-    indexed = xmap.phase_id >= 0
+    for _, phase in phases:
+        abc = phase.structure.lattice.abcABG()
+        laue = phase.point_group.laue.name
+        header.append(
+            f"{abc[0] * 10:.4f};{abc[1] * 10:.4f};{abc[2] * 10:.4f}\t"
+            f"{abc[3]:.3f};{abc[4]:.3f};{abc[5]:.3f}\t{phase.name}\t"
+            f"{_CTF_LAUE_IDS.get(laue, 1)}\t"
+            f"{phase.space_group.number if phase.space_group is not None else 0}"
+        )
+    header.append("Phase\tX\tY\tBands\tError\tEuler1\tEuler2\tEuler3\tMAD\tBC\tBS")
+    # Phase column: the phase's line (1, 2, ...) in the header; 0 not indexed.
+    line = {i: k + 1 for k, (i, _) in enumerate(phases)}
+    column = np.array([line.get(int(i), 0) for i in xmap.phase_id])
     with open(path, "w") as f:
         f.write("\n".join(header) + "\n")
         for i in range(xmap.size):
             bc = round(255 * max(0.0, float(ncc[i])))
             f.write(
-                f"{int(indexed[i])}\t{x[i]:.4f}\t{y[i]:.4f}\t0\t0\t"
+                f"{column[i]}\t{x[i]:.4f}\t{y[i]:.4f}\t0\t0\t"
                 f"{euler[i, 0]:.5f}\t{euler[i, 1]:.5f}\t{euler[i, 2]:.5f}\t0\t{bc}\t0\n"
             )
 
@@ -1141,15 +1299,19 @@ def save_map(xmap, path: str | Path) -> Path:
 
 
 def ipf_image(xmap, direction: str = "z") -> np.ndarray:
-    """IPF colours of a map from :func:`index`, ``(rows, cols, 3)``; not indexed: black."""
+    """IPF colours of a map from :func:`index`, ``(rows, cols, 3)``, each point in its
+    phase's colour key; not indexed: black."""
     from ebsdnet.plots import ipf_rgb
 
     rows, cols, _, _ = _grid(xmap)
-    point_group = xmap.phases[0].point_group.name
-    q = torch.from_numpy(xmap.rotations.data)
-    rgb = ipf_rgb(q, point_group, (rows, cols), direction)
-    rgb[(xmap.phase_id < 0).reshape(rows, cols)] = 0.0
-    return rgb
+    rgb = np.zeros((xmap.size, 3))
+    for i, phase in xmap.phases:
+        points = xmap.phase_id == i
+        if i < 0 or not points.any():
+            continue
+        q = torch.from_numpy(xmap.rotations.data[points])
+        rgb[points] = ipf_rgb(q, phase.point_group.name, (int(points.sum()),), direction)
+    return rgb.reshape(rows, cols, 3)
 
 
 def write_ipf_map(xmap, path: str | Path, direction: str = "z") -> Path:
@@ -1158,12 +1320,12 @@ def write_ipf_map(xmap, path: str | Path, direction: str = "z") -> Path:
     from ebsdnet.plots import pyplot
 
     plt = pyplot()
-    phase = xmap.phases[0]
+    names = ", ".join(phase.name for i, phase in xmap.phases if i >= 0)
     rgb = ipf_image(xmap, direction)
     rows, cols = rgb.shape[:2]
     fig, ax = plt.subplots(figsize=(5, 5 * rows / cols + 0.5))
     ax.imshow(rgb, interpolation="nearest")
-    ax.set_title(f"IPF-{direction.upper()} ({phase.name})", fontsize=10)
+    ax.set_title(f"IPF-{direction.upper()} ({names})", fontsize=10)
     ax.axis("off")
     fig.tight_layout()
     path = Path(path)

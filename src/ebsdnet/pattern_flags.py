@@ -9,6 +9,9 @@ flag  meaning
       white frame)
 3     saturated: at least half of its pixels at its highest value
 4     final NCC below ``min_ncc``
+5     indexed, but its phase is uncertain: several phases were given and
+      the runner-up's NCC is within ``AMBIGUOUS_MARGIN`` of the best
+      (:mod:`ebsdnet.indexing`); the point keeps its best phase
 ====  ==================================================================
 
 1–3 are judged on the raw pattern before anything else: such patterns are
@@ -23,12 +26,14 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "FLAG_AMBIGUOUS_PHASE",
     "FLAG_BLANK",
     "FLAG_INDEXED",
     "FLAG_LOW_NCC",
     "FLAG_MEANINGS",
     "FLAG_NON_FINITE",
     "FLAG_SATURATED",
+    "NOT_INDEXED_FLAGS",
     "as_tensor",
     "not_indexed_summary",
     "pattern_flags",
@@ -40,12 +45,16 @@ FLAG_NON_FINITE = 1
 FLAG_BLANK = 2
 FLAG_SATURATED = 3
 FLAG_LOW_NCC = 4
+FLAG_AMBIGUOUS_PHASE = 5
+#: Flags of points that carry no orientation (phase -1).
+NOT_INDEXED_FLAGS = (1, 2, 3, 4)
 FLAG_MEANINGS = {
     FLAG_INDEXED: "indexed",
     FLAG_NON_FINITE: "NaN/inf",
     FLAG_BLANK: "blank/constant",
     FLAG_SATURATED: "saturated",
     FLAG_LOW_NCC: "NCC below min_ncc",
+    FLAG_AMBIGUOUS_PHASE: "phase uncertain",
 }
 #: Share of a pattern's pixels at its highest value from which it counts as clipped
 #: (flag 3) rather than indexed: such a pattern has lost most of its bands.
@@ -132,7 +141,7 @@ def not_indexed_summary(flag: np.ndarray, min_ncc: float) -> str | None:
     True
     """
     flag = np.asarray(flag)
-    missing = int((flag != FLAG_INDEXED).sum())
+    missing = int(np.isin(flag, NOT_INDEXED_FLAGS).sum())
     if 2 * missing <= flag.size:
         return None
     counts = {f: int((flag == f).sum()) for f in _LIKELY_CAUSES}

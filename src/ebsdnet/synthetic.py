@@ -109,7 +109,7 @@ def simulate_map(
     dose: float | None = None,
     contrast: float = 0.5,
     seed: int = 0,
-    master_pattern: MasterPattern | None = None,
+    master_pattern: MasterPattern | list[MasterPattern] | None = None,
     file_pc: tuple[float, float, float] | None = None,
     gradient_deg: float = 1.0,
 ):
@@ -123,6 +123,9 @@ def simulate_map(
         The detector the patterns are made with (its ``pc`` is the true PC).
     dose
         Mean counts per pixel for Poisson noise; ``None`` for noise-free.
+    master_pattern
+        The phase's (default: kikuchipy's Ni), or a list of phases: grain ``g``
+        is then of phase ``g mod len(list)``, and ``xmap`` holds every phase.
     file_pc
         The PC written into the signal's detector, when it should differ from
         the true one (a roughly known PC).
@@ -137,19 +140,30 @@ def simulate_map(
     from orix.crystal_map import CrystalMap, PhaseList
     from orix.quaternion import Rotation
 
-    mp = master_pattern or MasterPattern.nickel()
-    q, _ = polycrystal_orientations(shape, n_grains, seed, gradient_deg)
-    data, scale = detector_patterns(q, geometry, mp, contrast, dose, seed + 1)
+    if master_pattern is None:
+        master_pattern = MasterPattern.nickel()
+    phases = list(master_pattern) if isinstance(master_pattern, list) else [master_pattern]
+    q, grain = polycrystal_orientations(shape, n_grains, seed, gradient_deg)
+    phase_id = grain % len(phases)
+    data = np.zeros((len(q), *geometry.shape), dtype=np.uint8)
+    scale = None
+    for k, mp in enumerate(phases):
+        points = np.flatnonzero(phase_id == k)
+        if len(points):
+            data[points], scale = detector_patterns(
+                q[points], geometry, mp, contrast, dose, seed + 1 + k, scale
+            )
     rows, cols = shape
     data = data.reshape(rows, cols, *geometry.shape)
     detector = geometry.to_kikuchipy(pc=file_pc)
     yy, xx = np.mgrid[0:rows, 0:cols]
+    known = all(mp.phase is not None for mp in phases)
     xmap = CrystalMap(
         rotations=Rotation(q.double().numpy()),
-        phase_id=np.zeros(rows * cols, dtype=int),
+        phase_id=phase_id,
         x=xx.ravel().astype(float),
         y=yy.ravel().astype(float),
-        phase_list=PhaseList(mp.phase) if mp.phase is not None else None,
+        phase_list=PhaseList([mp.phase for mp in phases]) if known else None,
     )
     static = static_background(geometry.shape, contrast, scale)
     return kp.signals.EBSD(data, detector=detector, xmap=xmap, static_background=static)
