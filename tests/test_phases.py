@@ -228,3 +228,23 @@ def _order(point_group: str) -> int:
     from ebsdnet.rotations import orix_point_group
 
     return orix_point_group(point_group).laue_proper_subgroup.size
+
+
+def test_train_for_a_hexagonal_phase_records_it_in_the_card(phase_files, tmp_path):
+    """train --phase: the symmetry-aware loss and validation use 6/mmm, the card records
+    the phase, and index refuses that model for a cubic phase."""
+    import json
+
+    from ebsdnet.cli import main
+    from ebsdnet.indexing import IndexingError, index
+    from ebsdnet.projector import DetectorGeometry
+
+    args = ["-q", "train", "-o", str(tmp_path / "run"), "--phase", str(phase_files["ti_alpha"])]
+    args += ["--steps", "4", "--val-every", "4", "--val-size", "32", "--batch-size", "16"]
+    assert main([*args, "--width", "8", "--shape", "40", "40"]) == 0
+    card = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert card["phase"] == "ti_alpha" and card["point_group"] == "6/mmm"
+    assert card["shape"] == [40, 40]
+    _, signal = _map(phase_files["ferrite"], DetectorGeometry(shape=(40, 40)), None, seed=2)
+    with pytest.raises(IndexingError, match="6/mmm"):
+        index(signal, model=tmp_path / "run" / "model", phase=phase_files["ferrite"])

@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "index": "ebsdnet.indexing",
+    "master_pattern": "ebsdnet.phases",
+    "read_cif": "ebsdnet.phases",
     "save_map": "ebsdnet.indexing",
     "write_ipf_map": "ebsdnet.indexing",
     "load_model": "ebsdnet.cards",
