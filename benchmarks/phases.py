@@ -189,6 +189,9 @@ STRUCTURES = {
                  [("Ti1", "Ti", ("0.333333", "0.666667", "0.25"), 0.0063)], "6/mmm", 2),
     "nickel": (225, (3.524, 3.524, 3.524, 90, 90, 90), [("Ni1", "Ni", ("0", "0", "0"), 0.0045)],
                "m-3m", 4),
+    # fcc Fe, the duplex case of benchmarks/multiphase.py
+    "austenite": (225, (3.595, 3.595, 3.595, 90, 90, 90),
+                  [("Fe1", "Fe", ("0", "0", "0"), 0.005)], "m-3m", 4),
 }  # fmt: skip
 
 
@@ -556,12 +559,7 @@ def run_ebsdnet(folder: Path, cif: Path, truth: dict) -> list[Row]:
     """``ebsdnet -q index --phase`` as a subprocess, the whole command timed: first with
     an empty master-pattern cache (it simulates the CIF's, as kikuchipy's *whole* row
     does), then again with it cached, as every later scan of the phase runs."""
-    cache = folder / "ebsdnet-cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["EBSDNET_CACHE"] = str(cache)
-    if NUMBA_CACHE_DIR is not None:
-        env["NUMBA_CACHE_DIR"] = NUMBA_CACHE_DIR
+    env = ebsdnet_environment(folder)
     rows = []
     for label in ("first run: simulates the master pattern", "master pattern cached"):
         rows.append(_run_ebsdnet_once(folder, cif, truth, env, f"{OURS}, {label}"))
@@ -570,13 +568,29 @@ def run_ebsdnet(folder: Path, cif: Path, truth: dict) -> list[Row]:
     return rows
 
 
-def _run_ebsdnet_once(folder: Path, cif: Path, truth: dict, env: dict, method: str) -> Row:
+def ebsdnet_environment(folder: Path) -> dict:
+    """The subprocess's environment: an empty master-pattern cache in ``folder``."""
+    cache = folder / "ebsdnet-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["EBSDNET_CACHE"] = str(cache)
+    if NUMBA_CACHE_DIR is not None:
+        env["NUMBA_CACHE_DIR"] = NUMBA_CACHE_DIR
+    return env
+
+
+def run_ebsdnet_command(folder: Path, cifs: list[Path], env: dict):
+    """``ebsdnet -q index patterns.h5 -o ebsdnet.h5 --phase ...`` timed as a whole.
+
+    Returns the map (``None`` if the command failed), seconds, peak resident set (MB,
+    ``None`` without GNU time) and, on failure, the message.
+    """
     from orix import io as orix_io
 
     result = folder / "ebsdnet.h5"
     command = [
         _ebsdnet_command(), "-q", "index", str(folder / "patterns.h5"), "-o", str(result),
-        "--phase", str(cif), "--force",
+        *(arg for cif in cifs for arg in ("--phase", str(cif))), "--force",
     ]  # fmt: skip
     gnu_time = Path("/usr/bin/time").exists()
     t0 = time.perf_counter()
@@ -593,12 +607,18 @@ def _run_ebsdnet_once(folder: Path, cif: Path, truth: dict, env: dict, method: s
         )
         stderr = proc.stderr.split("\tCommand being timed")[0]  # less GNU time's report
         print(f"  {' '.join(command)} failed:\n{stderr[-3000:]}", flush=True)
-        return Row(method, len(truth["quaternions"]), seconds, None, failed=message)
+        return None, seconds, None, message
     peak = None
     if gnu_time:
         peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)[1])
         peak /= 1024
-    xmap = orix_io.load(result)
+    return orix_io.load(result), seconds, peak, None
+
+
+def _run_ebsdnet_once(folder: Path, cif: Path, truth: dict, env: dict, method: str) -> Row:
+    xmap, seconds, peak, failed = run_ebsdnet_command(folder, [cif], env)
+    if xmap is None:
+        return Row(method, len(truth["quaternions"]), seconds, None, failed=failed)
     return _score(method, xmap.rotations.data, truth, seconds, peak, xmap.phase_id == -1)
 
 

@@ -57,12 +57,12 @@ HALF_SIZE = 400
 #: ``MIN_STRUCTURE_FACTOR`` of the strongest one's. The fraction also drops the
 #: systematic absences (``|F|`` ~1e-10), for every space group: diffsims' ``allowed``
 #: knows no hexagonal ones.
-MIN_DSPACING = 0.7
-MIN_STRUCTURE_FACTOR = 0.1
+MIN_DSPACING = 0.5
+MIN_STRUCTURE_FACTOR = 0.05
 #: A file's energies must include the asked one to within this (kV).
 ENERGY_TOLERANCE_KV = 0.5
 #: Bumped when the simulation changes, so that cached master patterns are rebuilt.
-_SIMULATION_VERSION = 2
+_SIMULATION_VERSION = 3
 
 
 class PhaseError(ValueError):
