@@ -3,7 +3,8 @@
     python benchmarks/make_map.py sim_map.h5 [--size 60] [--dose 100]
 
 The file's ``xmap`` holds the true orientations; index it with
-``ebsdnet index sim_map.h5 -o sim_map.ang --ipf sim_map_ipf.png``.
+``ebsdnet index sim_map.h5 -o sim_map.ang --plots maps`` (docs/figures/index_ipf.png is
+``maps/ipf_z_ni.png`` of ``--size 60 --dose 100``).
 """
 
 import argparse
