@@ -1,5 +1,7 @@
 """Shared fixtures: kikuchipy's shipped Ni master pattern, loaded once (raw and symmetrised),
-and a small `ebsdnet simulate` dictionary."""
+a small `ebsdnet simulate` dictionary, and a private master-pattern cache."""
+
+import os
 
 import pytest
 
@@ -35,3 +37,16 @@ def small_dictionary(tmp_path_factory):
     path = tmp_path_factory.mktemp("dictionary") / "ni.h5"
     assert main(["-q", "simulate", "-o", str(path), "--resolution", "12"]) == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def private_cache(tmp_path_factory):
+    """Master patterns made from CIFs go to a cache of the test session's own
+    (``EBSDNET_CACHE``), not the user's."""
+    old = os.environ.get("EBSDNET_CACHE")
+    os.environ["EBSDNET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("EBSDNET_CACHE", None)
+    else:
+        os.environ["EBSDNET_CACHE"] = old

@@ -1,6 +1,5 @@
 """Several phases in one map: each point's phase, the margin to the runner-up, the files."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +11,12 @@ HALF_SIZE = 100
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    old = os.environ.get("EBSDNET_CACHE")
-    os.environ["EBSDNET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("EBSDNET_CACHE", None)
-    else:
-        os.environ["EBSDNET_CACHE"] = old
+def _cache(private_cache):
+    """Every test here uses the session's own master-pattern cache."""
 
 
 @pytest.fixture(scope="module")
-def files():
+def files(private_cache):
     from ebsdnet.phases import master_pattern_from_cif
 
     return {

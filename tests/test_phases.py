@@ -1,7 +1,6 @@
 """A phase given by its structure: CIF → master pattern → index, for cubic and hexagonal
 phases, and the one-line refusals of bad phases."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +11,13 @@ DATA = Path(__file__).parent / "data"
 HALF_SIZE = 100  # 201-px hemispheres: quick to simulate, fine for 40×40 patterns
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache(tmp_path_factory):
-    """Master patterns made from CIFs go to a cache of the test session's own."""
-    old = os.environ.get("EBSDNET_CACHE")
-    os.environ["EBSDNET_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("EBSDNET_CACHE", None)
-    else:
-        os.environ["EBSDNET_CACHE"] = old
+@pytest.fixture(scope="module", autouse=True)
+def _cache(private_cache):
+    """Every test here uses the session's own master-pattern cache."""
 
 
 @pytest.fixture(scope="session")
-def phase_files():
+def phase_files(private_cache):
     """Each test phase's master-pattern file, simulated once from its CIF (small)."""
     from ebsdnet.phases import master_pattern_from_cif
 
