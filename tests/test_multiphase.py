@@ -125,3 +125,34 @@ def test_duplicate_phase_names_are_refused(files, tmp_path, capsys):
     assert main([*args, "--phase", str(files["ferrite"]), "--phase", str(files["ferrite"])]) == 2
     assert "named 'ferrite'" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_several_phases_resume_and_run_on_a_cluster_as_in_one_process(files, tmp_path):
+    """A multi-phase map is the same from a resumed run (finished batches on disk) and from
+    a two-worker dask cluster as from one uninterrupted process."""
+    from distributed import LocalCluster
+
+    from ebsdnet.indexing import index
+
+    names = ["ferrite", "austenite"]
+    _, signal = _duplex(files, names, shape=(4, 6), grains=4, seed=8)
+    phases = [files[n] for n in names]
+    single = index(signal, phases=phases, batch_size=8, show_progressbar=False)
+    folder = tmp_path / "batches"
+    index(signal, phases=phases, batch_size=8, progress_folder=folder, show_progressbar=False)
+    (folder / "batch000000000008.npz").unlink()  # as if killed before that batch
+    resumed = index(
+        signal, phases=phases, batch_size=8, progress_folder=folder, show_progressbar=False
+    )
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        spread = index(
+            signal, phases=phases, batch_size=8, scheduler=cluster.scheduler_address,
+            show_progressbar=False,
+        )  # fmt: skip
+    for other in (resumed, spread):
+        assert np.array_equal(single.phase_id, other.phase_id)
+        assert np.allclose(single.prop["phase_margin"], other.prop["phase_margin"], atol=1e-4)
+        assert np.allclose(single.rotations.data, other.rotations.data, atol=1e-4) or np.allclose(
+            np.abs((single.rotations.data * other.rotations.data).sum(1)), 1, atol=1e-6
+        )
