@@ -2,9 +2,11 @@
 
 ``index(signal)`` runs each batch of patterns through the one conditioning
 path (:func:`~ebsdnet.preprocess.preprocess`, with the model card's
-settings), the network, and then pattern-matching refinement
-(:func:`~ebsdnet.refine.refine_orientations`) started from the network's
-answer (its most likely hypothesis). The normalised cross-correlation of each
+settings), the network — or, for a phase given without a model, the phase's
+coarse dictionary (:func:`phase_dictionary`) — and then pattern-matching
+refinement (:func:`~ebsdnet.refine.refine_orientations`) started from that
+answer. With several phases each is screened by its dictionary and the
+contenders refined (:class:`_BatchIndexer`). The normalised cross-correlation of each
 pattern with its re-projection at the final orientation is the confidence
 (property ``ncc`` of the map); below ``min_ncc`` a pattern is marked not
 indexed. Patterns are read batch by batch, so a lazy kikuchipy signal is never
@@ -923,7 +925,7 @@ def index(
     compiled: bool | None = None,
     scheduler: str | None = None,
 ):
-    """Index a kikuchipy ``EBSD`` signal with a CNN (and refinement); return a ``CrystalMap``.
+    """Index a kikuchipy ``EBSD`` signal (CNN or phase dictionary, then refinement) into a map.
 
     Parameters
     ----------
@@ -1004,22 +1006,26 @@ def index(
     Returns
     -------
     orix.crystal_map.CrystalMap
-        Rotations, phase from the model card, and properties ``ncc``, the
-        normalised cross-correlation of each pattern with its re-projection,
-        and ``flag``, why a point is not indexed (phase ``-1``, ``ncc`` 0):
-        0 indexed, 1 NaN or infinite values, 2 blank (constant, all zero),
-        3 saturated (at least half of its pixels at its highest value), 4 NCC
-        below ``min_ncc`` (:mod:`ebsdnet.pattern_flags`). Patterns flagged 1–3 are
-        left out of every whole-map statistic (the scan's mean background), so
-        the other patterns are indexed as without them. When more than half of
-        the points are not indexed (but some are), a warning gives the count
-        and the likely cause (:func:`~ebsdnet.pattern_flags.not_indexed_summary`).
+        Rotations, the phase list (the phases given, in order, or the model's),
+        each point's phase id, and properties ``ncc``, the normalised
+        cross-correlation of each pattern with its re-projection,
+        ``phase_margin`` (several phases only) and ``flag``, why a point is not
+        indexed (phase ``-1``, ``ncc`` 0): 0 indexed, 1 NaN or infinite values,
+        2 blank (constant, all zero), 3 saturated (at least half of its pixels at
+        its highest value), 4 NCC below ``min_ncc``; or 5, indexed but its phase
+        uncertain (margin below ``AMBIGUOUS_MARGIN``) (:mod:`ebsdnet.pattern_flags`).
+        Patterns flagged 1–3 are left out of every whole-map statistic (the
+        scan's mean background), so the other patterns are indexed as without
+        them. When more than half of the points are not indexed (but some are),
+        a warning gives the count and the likely cause
+        (:func:`~ebsdnet.pattern_flags.not_indexed_summary`).
 
     Raises
     ------
     IndexingError
         Pattern shape not a whole multiple of the model's; wrong master pattern;
-        no or an unphysical pattern centre; a file phase the model was not
+        a bad phase (CIF, energy, duplicate name, empty list, a model of another
+        Laue group); no or an unphysical pattern centre; a file phase the model was not
         trained for; no patterns.
     """
     from orix.crystal_map import CrystalMap, PhaseList
