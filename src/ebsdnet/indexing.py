@@ -636,19 +636,20 @@ class _Phase:
             outputs.append({key: value[:n].float() for key, value in output.items()})
         return {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
 
-    def start(self, raw, bg, patterns: Tensor, pcs: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Each pattern's start ``(B, 4)`` and, from the coarse dictionary, its ranked
-        candidates ``(B, FALLBACK_CANDIDATES, 4)`` (``None`` when the CNN starts)."""
+    def start(self, raw, bg, patterns: Tensor, pcs: Tensor):
+        """Each pattern's start ``(B, 4)``; from the coarse dictionary (no network) also its
+        ranked candidates ``(B, FALLBACK_CANDIDATES, 4)`` and their best NCC ``(B,)``, the
+        phase's screen (see :meth:`screen`); ``None, None`` when the CNN starts."""
         dev = torch.device(self.device)
         if self.net is None:
-            ranked, _ = self.dictionary.top(patterns.cpu(), FALLBACK_CANDIDATES)
+            ranked, scores = self.dictionary.top(patterns.cpu(), FALLBACK_CANDIDATES)
             ranked = ranked.to(dev)
-            return ranked[:, 0].clone(), ranked
+            return ranked[:, 0].clone(), ranked, scores[:, 0].to(dev)
         seen = patterns
         if self.model_shape != self.geometry.shape:  # the network sees its trained shape
             seen = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
         output = self.network(self._at_model_pc(seen.to(dev), pcs))
-        return self.net.to(dev).to_quaternions(output), None
+        return self.net.to(dev).to_quaternions(output), None, None
 
     def screen(self, patterns: Tensor) -> Tensor:
         """Each pattern's best NCC in the phase's coarse dictionary ``(B,)``: which phases
@@ -704,7 +705,7 @@ class _BatchIndexer:
         phase = torch.zeros(b, dtype=torch.long)
         margin = torch.full((b,), float("nan"), dtype=torch.float64)
         if len(self.phases) == 1:
-            q, ranked = self.phases[0].start(raw, bg, patterns, pc_batch)
+            q, ranked, _ = self.phases[0].start(raw, bg, patterns, pc_batch)
             if not self.refine:
                 score = self.phases[0].ncc(patterns, q, pc_batch).double().cpu()
                 return q, pc_batch.double().cpu().numpy(), score, flag, phase, margin
@@ -741,24 +742,29 @@ class _BatchIndexer:
         final NCC wins. The runner-up's NCC is its refined one where it contended,
         else that of its start."""
         k, g = len(self.phases), len(patterns)
-        screens = torch.stack([ph.screen(patterns) for ph in self.phases])  # (K, G)
+        starts = [ph.start(raw, bg, patterns, pcs) for ph in self.phases]
+        # A dictionary start's best NCC is its screen; a CNN-started phase matches its own.
+        screens = torch.stack(
+            [
+                ph.screen(patterns) if sc is None else sc
+                for ph, (*_, sc) in zip(self.phases, starts, strict=True)
+            ]
+        )  # (K, G)
         contender = screens >= screens.max(0).values - SCREEN_MARGIN
-        qs = torch.zeros(k, g, 4, device=patterns.device)
+        if not self.refine:
+            contender[:] = False
+        qs = torch.stack([q for q, *_ in starts])
         pcs_k = pcs.expand(k, g, 3).clone()
         final = torch.full((k, g), -1.0, device=patterns.device)
-        for i, ph in enumerate(self.phases):
-            q, ranked = ph.start(raw, bg, patterns, pcs)
+        for i, (ph, (q, ranked, _)) in enumerate(zip(self.phases, starts, strict=True)):
             rows = contender[i].nonzero().squeeze(1)
             rest = (~contender[i]).nonzero().squeeze(1)
-            qs[i] = q
-            if self.refine and len(rows):
+            if len(rows):
                 qs[i, rows], pcs_k[i, rows], final[i, rows] = ph.refine(
                     patterns[rows], q[rows], pcs[rows], None if ranked is None else ranked[rows],
                     fit_pc, iterations,
                 )  # fmt: skip
-            elif len(rows):
-                final[i, rows] = ph.ncc(patterns[rows], q[rows], pcs[rows])
-            if len(rest):  # the runner-up's NCC where it is not refined: at its start
+            if len(rest):  # at the start: not refined, or the runner-up's NCC for the margin
                 final[i, rest] = ph.ncc(patterns[rest], q[rest], pcs[rest])
         top = final.topk(2, dim=0)
         which, second = top.indices[0], top.values[1]
