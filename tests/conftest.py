@@ -2,8 +2,14 @@
 a small `ebsdnet simulate` dictionary, and a private master-pattern cache."""
 
 import os
+from pathlib import Path
 
 import pytest
+
+DATA = Path(__file__).parent / "data"
+#: Master patterns of the test CIFs: 201-px hemispheres, quick to simulate, fine for
+#: 40×40 patterns.
+HALF_SIZE = 100
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +56,14 @@ def private_cache(tmp_path_factory):
         os.environ.pop("EBSDNET_CACHE", None)
     else:
         os.environ["EBSDNET_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def phase_files(private_cache):
+    """Each test CIF's master-pattern file (tests/data), simulated once, small."""
+    from ebsdnet.phases import master_pattern_from_cif
+
+    return {
+        name: master_pattern_from_cif(DATA / f"{name}.cif", half_size=HALF_SIZE)
+        for name in ("ferrite", "austenite", "ti_alpha", "ni")
+    }

@@ -1,36 +1,16 @@
-"""Several phases in one map: each point's phase, the margin to the runner-up, the files."""
-
-from pathlib import Path
+"""Several phases in one map: each point's phase, the margin to the runner-up, the phase_files."""
 
 import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).parent / "data"
-HALF_SIZE = 100
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(private_cache):
-    """Every test here uses the session's own master-pattern cache."""
-
-
-@pytest.fixture(scope="module")
-def files(private_cache):
-    from ebsdnet.phases import master_pattern_from_cif
-
-    return {
-        name: master_pattern_from_cif(DATA / f"{name}.cif", half_size=HALF_SIZE)
-        for name in ("ferrite", "austenite", "ti_alpha", "ni")
-    }
-
-
-def _duplex(files, names, seed=4, dose=None, shape=(6, 6), grains=6):
+def _duplex(phase_files, names, seed=4, dose=None, shape=(6, 6), grains=6):
     from ebsdnet.phases import load_master_pattern
     from ebsdnet.projector import DetectorGeometry
     from ebsdnet.synthetic import simulate_map
 
-    masters = [load_master_pattern(files[name]) for name in names]
+    masters = [load_master_pattern(phase_files[name]) for name in names]
     geometry = DetectorGeometry(shape=(40, 40), pc=(0.45, 0.25, 0.55))
     signal = simulate_map(shape, grains, geometry, dose=dose, master_pattern=masters, seed=seed)
     return masters, signal
@@ -54,12 +34,12 @@ def _errors(xmap, signal, masters):
 
 
 @pytest.mark.slow
-def test_two_phases_of_different_structure(files):
+def test_two_phases_of_different_structure(phase_files):
     from ebsdnet.indexing import index
 
     names = ["ferrite", "austenite"]
-    masters, signal = _duplex(files, names, dose=300)
-    xmap = index(signal, phases=[files[n] for n in names], show_progressbar=False)
+    masters, signal = _duplex(phase_files, names, dose=300)
+    xmap = index(signal, phases=[phase_files[n] for n in names], show_progressbar=False)
     right, errors = _errors(xmap, signal, masters)
     assert right.all()
     assert np.nanmean(errors) < 0.3
@@ -69,15 +49,15 @@ def test_two_phases_of_different_structure(files):
 
 
 @pytest.mark.slow
-def test_same_structure_different_lattice_parameters_shows_a_small_margin(files):
+def test_same_structure_different_lattice_parameters_shows_a_small_margin(phase_files):
     """Austenite (a = 3.595 Å) and Ni (3.524 Å): both fcc, 2% apart. The margin is small,
     and the points whose margin is below AMBIGUOUS_MARGIN carry the ambiguous flag."""
     from ebsdnet.indexing import AMBIGUOUS_MARGIN, index
     from ebsdnet.pattern_flags import FLAG_AMBIGUOUS_PHASE
 
     names = ["austenite", "ni"]
-    _masters, signal = _duplex(files, names)
-    xmap = index(signal, phases=[files[n] for n in names], show_progressbar=False)
+    _masters, signal = _duplex(phase_files, names)
+    xmap = index(signal, phases=[phase_files[n] for n in names], show_progressbar=False)
     margin = xmap.prop["phase_margin"]
     assert float(np.median(margin)) < 0.05
     ambiguous = margin < AMBIGUOUS_MARGIN
@@ -86,19 +66,19 @@ def test_same_structure_different_lattice_parameters_shows_a_small_margin(files)
 
 
 @pytest.mark.slow
-def test_three_phases_and_their_files(files, tmp_path):
+def test_three_phases_and_their_files(phase_files, tmp_path):
     from orix import io
 
     from ebsdnet.cli import main
 
     names = ["ferrite", "austenite", "ti_alpha"]
-    _masters, signal = _duplex(files, names, shape=(6, 8), grains=9, seed=6)
+    _masters, signal = _duplex(phase_files, names, shape=(6, 8), grains=9, seed=6)
     signal.save(tmp_path / "scan.h5")
     for suffix in (".ang", ".ctf", ".h5"):
         out = tmp_path / f"map{suffix}"
         args = ["-q", "index", str(tmp_path / "scan.h5"), "-o", str(out), "--force"]
         for n in names:
-            args += ["--phase", str(files[n])]
+            args += ["--phase", str(phase_files[n])]
         assert main(args) == 0
         back = io.load(out)
         phases = {p.name: p.point_group.laue.name for i, p in back.phases if i >= 0}
@@ -110,25 +90,32 @@ def test_three_phases_and_their_files(files, tmp_path):
         assert (found == truth).mean() >= 0.97, suffix
 
 
-def test_duplicate_phase_names_are_refused(files, tmp_path, capsys):
+def test_duplicate_phase_names_are_refused(phase_files, tmp_path, capsys):
     from ebsdnet.cli import main
     from ebsdnet.indexing import IndexingError, index
 
-    _, signal = _duplex(files, ["ferrite"], shape=(2, 2), grains=1)
+    _, signal = _duplex(phase_files, ["ferrite"], shape=(2, 2), grains=1)
     with pytest.raises(IndexingError, match="named 'ferrite'"):
-        index(signal, phases=[files["ferrite"], files["ferrite"]], show_progressbar=False)
+        index(
+            signal, phases=[phase_files["ferrite"], phase_files["ferrite"]], show_progressbar=False
+        )
     with pytest.raises(IndexingError, match="empty"):
         index(signal, phases=[], show_progressbar=False)
     signal.save(tmp_path / "scan.h5")
     out = tmp_path / "map.h5"
     args = ["index", str(tmp_path / "scan.h5"), "-o", str(out)]
-    assert main([*args, "--phase", str(files["ferrite"]), "--phase", str(files["ferrite"])]) == 2
+    assert (
+        main(
+            [*args, "--phase", str(phase_files["ferrite"]), "--phase", str(phase_files["ferrite"])]
+        )
+        == 2
+    )
     assert "named 'ferrite'" in capsys.readouterr().err
     assert not out.exists()
 
 
 @pytest.mark.slow
-def test_several_phases_resume_and_run_on_a_cluster_as_in_one_process(files, tmp_path):
+def test_several_phases_resume_and_run_on_a_cluster_as_in_one_process(phase_files, tmp_path):
     """A multi-phase map is the same from a resumed run (finished batches on disk) and from
     a two-worker dask cluster as from one uninterrupted process."""
     from distributed import LocalCluster
@@ -136,8 +123,8 @@ def test_several_phases_resume_and_run_on_a_cluster_as_in_one_process(files, tmp
     from ebsdnet.indexing import index
 
     names = ["ferrite", "austenite"]
-    _, signal = _duplex(files, names, shape=(4, 6), grains=4, seed=8)
-    phases = [files[n] for n in names]
+    _, signal = _duplex(phase_files, names, shape=(4, 6), grains=4, seed=8)
+    phases = [phase_files[n] for n in names]
     single = index(signal, phases=phases, batch_size=8, show_progressbar=False)
     folder = tmp_path / "batches"
     index(signal, phases=phases, batch_size=8, progress_folder=folder, show_progressbar=False)

@@ -1,30 +1,11 @@
 """A phase given by its structure: CIF → master pattern → index, for cubic and hexagonal
 phases, and the one-line refusals of bad phases."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).parent / "data"
-HALF_SIZE = 100  # 201-px hemispheres: quick to simulate, fine for 40×40 patterns
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cache(private_cache):
-    """Every test here uses the session's own master-pattern cache."""
-
-
-@pytest.fixture(scope="session")
-def phase_files(private_cache):
-    """Each test phase's master-pattern file, simulated once from its CIF (small)."""
-    from ebsdnet.phases import master_pattern_from_cif
-
-    return {
-        name: master_pattern_from_cif(DATA / f"{name}.cif", half_size=HALF_SIZE)
-        for name in ("ferrite", "ti_alpha")
-    }
+from conftest import DATA, HALF_SIZE
 
 
 def test_a_cif_gives_a_master_pattern_kikuchipy_reads_back(phase_files):
