@@ -40,7 +40,6 @@ symmetry-reduced disorientation from the truth in each phase's Laue group.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
@@ -64,12 +63,15 @@ from phases import (
     _detector,
     _quiet,
     _rate,
+    benchmark_parser,
     camera,
+    close_workdir,
     ebsdnet_environment,
-    ebsdnet_has_phase,
     kinematical_master_pattern,
     load_phase,
+    rerun_flags,
     run_ebsdnet_command,
+    run_ours,
 )
 
 LATTICE_TYPES = {"ferrite": "BCC", "austenite": "FCC", "alpha_ti": "HCP"}
@@ -410,30 +412,9 @@ def _markdown(results: list[dict], args, flags: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     names = [c.name for c in CASES]
-    parser.add_argument("--size", type=int, default=30, help="map side, patterns (30)")
-    parser.add_argument(
-        "--resolution", type=float, default=2.0,
-        help="kikuchipy dictionary resolution, degrees (2)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dose", type=float, default=200.0,
-        help="camera counts per pixel at full brightness (200)",
-    )  # fmt: skip
-    parser.add_argument("--cases", nargs="+", choices=names, default=names)
-    parser.add_argument("--skip-ebsdnet", action="store_true", help="run the peers alone")
-    parser.add_argument("--skip-peers", action="store_true", help="run ebsdnet alone")
-    parser.add_argument("--workdir", type=Path, help="write the cases here (kept)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
-    args = parser.parse_args()
-    ours = not args.skip_ebsdnet
-    if ours and not ebsdnet_has_phase():
-        print("ebsdnet index has no --phase yet: running the peers alone", flush=True)
-        ours = False
-    if args.skip_peers and not ours:
-        raise SystemExit("nothing to run: --skip-peers without ebsdnet's --phase")
+    args = benchmark_parser(__doc__.splitlines()[0], names).parse_args()
+    ours = run_ours(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ebsdnet-multiphase-"))
     results, masters = [], {}
     import kikuchipy as kp
@@ -461,24 +442,9 @@ def main() -> None:
                 "rows": [{**asdict(r), "patterns_per_s": r.rate} for r in rows],
             })  # fmt: skip
     finally:
-        if args.workdir or args.keep:
-            (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-            print(f"kept {workdir} (results.json, one folder per case)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    flags = "".join(
-        f" --{k} {v:g}"
-        for k, v, default in (
-            ("size", args.size, 30), ("resolution", args.resolution, 2.0),
-            ("dose", args.dose, 200.0),
-        )
-        if v != default
-    )  # fmt: skip
-    if args.cases != names:
-        flags += " --cases " + " ".join(args.cases)
-    flags += "" if ours else " --skip-ebsdnet"
-    flags += " --skip-peers" if args.skip_peers else ""
+        close_workdir(workdir, results, args)
     if results:
+        flags = rerun_flags(args, names, ours)
         publish("multiphase", _markdown(results, args, flags), args.write)
 
 

@@ -692,9 +692,9 @@ def _markdown(results: list[dict], args, flags: str) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = [c.name for c in CASES]
+def benchmark_parser(description: str, names: list[str]) -> argparse.ArgumentParser:
+    """The options this benchmark and ``multiphase.py`` share (cases ``names``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=int, default=30, help="map side, patterns (30)")
     parser.add_argument(
         "--resolution",
@@ -714,6 +714,49 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="write the cases here (kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    return parser
+
+
+def run_ours(args) -> bool:
+    """Whether the ebsdnet rows run (not skipped, and ``index`` has ``--phase``)."""
+    ours = not args.skip_ebsdnet
+    if ours and not ebsdnet_has_phase():
+        print("ebsdnet index has no --phase yet: running the peers alone", flush=True)
+        ours = False
+    if args.skip_peers and not ours:
+        raise SystemExit("nothing to run: --skip-peers without ebsdnet's --phase")
+    return ours
+
+
+def close_workdir(workdir: Path, results: list[dict], args) -> None:
+    """Keep the work folder with ``results.json`` (``--workdir``/``--keep``), or remove it."""
+    if args.workdir or args.keep:
+        (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(f"kept {workdir} (results.json, one folder per case)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def rerun_flags(args, names: list[str], ours: bool) -> str:
+    """The command-line flags that differ from the defaults, for the published command."""
+    flags = "".join(
+        f" --{k} {v:g}"
+        for k, v, default in (
+            ("size", args.size, 30), ("resolution", args.resolution, 2.0),
+            ("dose", args.dose, 200.0),
+        )
+        if v != default
+    )  # fmt: skip
+    if args.cases != names:
+        flags += " --cases " + " ".join(args.cases)
+    flags += "" if ours else " --skip-ebsdnet"
+    flags += " --skip-peers" if args.skip_peers else ""
+    return flags
+
+
+def main() -> None:
+    names = [c.name for c in CASES]
+    parser = benchmark_parser(__doc__.splitlines()[0], names)
     parser.add_argument(
         "--write-cifs", action="store_true", help=f"rewrite the shipped CIFs in {CIFS} and stop"
     )
@@ -722,12 +765,7 @@ def main() -> None:
         write_cifs()
         print(f"wrote {', '.join(STRUCTURES)} CIFs to {CIFS}")
         return
-    ours = not args.skip_ebsdnet
-    if ours and not ebsdnet_has_phase():
-        print("ebsdnet index has no --phase yet: running the peers alone", flush=True)
-        ours = False
-    if args.skip_peers and not ours:
-        raise SystemExit("nothing to run: --skip-peers without ebsdnet's --phase")
+    ours = run_ours(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ebsdnet-phases-"))
     results = []
     import kikuchipy as kp
@@ -755,25 +793,9 @@ def main() -> None:
                 "rows": [{**asdict(r), "patterns_per_s": r.rate} for r in rows],
             })  # fmt: skip
     finally:
-        if args.workdir or args.keep:
-            (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-            print(f"kept {workdir} (results.json, one folder per case)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    flags = "".join(
-        f" --{k} {v:g}"
-        for k, v, default in (
-            ("size", args.size, 30), ("resolution", args.resolution, 2.0),
-            ("dose", args.dose, 200.0),
-        )
-        if v != default
-    )  # fmt: skip
-    if args.cases != names:
-        flags += " --cases " + " ".join(args.cases)
-    flags += "" if ours else " --skip-ebsdnet"
-    flags += " --skip-peers" if args.skip_peers else ""
+        close_workdir(workdir, results, args)
     if results:
-        publish("phases", _markdown(results, args, flags), args.write)
+        publish("phases", _markdown(results, args, rerun_flags(args, names, ours)), args.write)
 
 
 if __name__ == "__main__":
