@@ -345,3 +345,26 @@ def test_the_shipped_model_reads_patterns_resampled_to_its_pattern_centre(master
     # The PC told (measured on 2,000: median 1.98° → 1.45°, > 3° 19% → 9%).
     assert known["moderate"]["median"] < 0.85 * guessed["median"]
     assert known["moderate"]["share_above_3"] < guessed["share_above_3"]
+
+
+def test_a_realistic_camera_run_mixes_in_another_master_pattern_and_says_so(
+    tmp_path, phase_files
+):
+    args = ["-q", "train", "-o", str(tmp_path), "--steps", "6", "--val-every", "6", *TINY]
+    extra = ["--camera", "realistic", "--also", str(phase_files["ni"]), "--also-fraction", "0.3"]
+    assert main([*args, *extra]) == 0
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["training"]["camera"] == "realistic"
+    assert card["degradation"]["correlated_noise"] is not None
+    assert card["degradation"]["gamma"] is not None and card["degradation"]["pc_error"] > 0
+    [also] = card["also_master_patterns"]
+    assert also["share"] == pytest.approx(0.3) and also["sha256"] != card["master_pattern_sha256"]
+    assert set(card["validation"]) >= {"noise_free", "camera_like"}
+
+
+def test_an_also_master_pattern_of_another_symmetry_is_one_line(tmp_path, phase_files, capsys):
+    args = ["train", "-o", str(tmp_path / "run"), "--steps", "2", *TINY]
+    assert main([*args, "--also", str(phase_files["ti_alpha"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "point group" in err
+    assert not (tmp_path / "run").exists()

@@ -202,8 +202,13 @@ def cmd_train(args) -> None:
         if args.master_pattern is not None:
             raise UserError("give --phase or --master-pattern, not both")
         cfg.master_pattern = str(_master_pattern_file(args.phase, args.energy))
-    if cfg.master_pattern and not Path(cfg.master_pattern).is_file():
-        raise UserError(f"master pattern file {cfg.master_pattern} does not exist")
+    if args.also:
+        cfg.also_master_patterns = tuple(
+            str(_master_pattern_file(path, args.energy)) for path in args.also
+        )
+    for path in (cfg.master_pattern, *cfg.also_master_patterns):
+        if path and not Path(path).is_file():
+            raise UserError(f"master pattern file {path} does not exist")
     try:
         card = train(cfg, resume=args.resume, show_progressbar=not args.quiet)
     except (ModelFileError, TrainingDataError) as exc:  # --init-from, --dictionary
@@ -436,9 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("MIN", "MAX"),
         help="width range of the band contrast's radial fall-off (fraction of half-width)",
     )
+    p.add_argument(
+        "--camera",
+        choices=("simulated", "realistic"),
+        help="degradations: simulated (default; --dose, --blur, --falloff) or realistic "
+        "(also PSF to 2 px, gamma, lens distortion, background residual, PC error)",
+    )
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument(
         "--phase", metavar="CIF|H5", help="train for this phase (CIF or master-pattern file)"
+    )
+    p.add_argument(
+        "--also",
+        action="append",
+        metavar="CIF|H5",
+        help="another master pattern of the phase (e.g. a kinematical one beside a dynamical "
+        "one) mixed into training; repeatable",
+    )
+    p.add_argument(
+        "--also-fraction", type=float, help="share of patterns drawn from --also (default 0.5)"
     )
     p.add_argument("--energy", type=float, help="beam energy of --phase, kV (default 20)")
     p.add_argument("--dictionary", metavar="FILE", help="train from an `ebsdnet simulate` file")

@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from ebsdnet.phases import master_pattern
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_pattern_centre
 from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
-from ebsdnet.stream import NOISE_FREE, DegradationConfig, PatternStream
+from ebsdnet.stream import NOISE_FREE, REALISTIC, DegradationConfig, PatternStream
 
 __all__ = [
     "TrainConfig",
@@ -79,6 +79,14 @@ class TrainConfig:
     # shows them to the network (models trained before this field existed saw them as
     # simulated).
     pc_known: bool = True
+    # "simulated": the degradations above only; "realistic": stream.REALISTIC's camera
+    # (PSF, gamma, lens distortion, background residual, PC error, …) at these doses.
+    camera: str = "simulated"
+    # More master patterns of the phase (files), mixed in at also_fraction of the patterns:
+    # a kinematical one beside the dynamical one, so that the network learns bands, not
+    # one simulator's band profiles.
+    also_master_patterns: tuple[str, ...] = ()
+    also_fraction: float = 0.5
     dictionary: str | None = None
     init_from: str | None = None
     device: str = "auto"
@@ -134,6 +142,10 @@ class TrainConfig:
             raise ValueError(f"blur must be 0 ≤ MIN ≤ MAX pixels, not {tuple(self.blur)}")
         if self.falloff is not None and not 0 < self.falloff[0] <= self.falloff[1]:
             raise ValueError(f"fall-off must be 0 < MIN ≤ MAX, not {tuple(self.falloff)}")
+        if self.camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, not {self.camera!r}")
+        if not 0 <= self.also_fraction <= 1:
+            raise ValueError(f"also-fraction must lie in 0–1, not {self.also_fraction}")
         if not 0 <= self.clean_fraction <= 1:
             raise ValueError(f"clean fraction must lie in 0–1, not {self.clean_fraction}")
         if self.precision not in TRAINING_PRECISIONS:
@@ -148,6 +160,7 @@ class TrainConfig:
 
 
 TRAINING_PRECISIONS = ("auto", "bfloat16", "float32")
+CAMERAS = ("simulated", "realistic")
 
 
 def training_precision(device: torch.device, precision: str = "auto") -> str:
@@ -281,12 +294,28 @@ def held_out_conditions(pc_jitter: float = 0.03) -> dict[str, DegradationConfig]
     """The held-out sets' degradations: ``noise_free`` (nominal PC); ``moderate``:
     dose 100 with the stream's random contrast, background and blur ≤ 1 px;
     ``detector_like``: dose 50–300, blur 0.5–1.5 px and band contrast fading
-    towards the edges (width 0.6–1.0), as on real detectors."""
+    towards the edges (width 0.6–1.0), as on real detectors; ``camera_like``: that,
+    through a camera (gamma 0.8–1.25, barrel distortion, a background residual, noise
+    correlated over 1–2 pixels)."""
     return {
         "noise_free": NOISE_FREE,
         "moderate": DegradationConfig(dose=(100.0, 100.0), pc_jitter=pc_jitter),
         "detector_like": DegradationConfig(
             dose=(50.0, 300.0), blur=(0.5, 1.5), falloff=(0.6, 1.0), pc_jitter=pc_jitter
+        ),
+        "camera_like": replace(
+            REALISTIC,
+            dose=(50.0, 300.0),
+            blur=(0.5, 1.5),
+            falloff=(0.6, 1.0),
+            gamma=(0.8, 1.25),
+            distortion=(-0.04, 0.0),
+            background_residual=0.15,
+            correlated_noise=(0.5, 1.0),
+            noise_sigma=(1.0, 2.0),
+            pc_jitter=pc_jitter,
+            pc_error=0.0,
+            clean_fraction=0.0,
         ),
     }
 
@@ -340,7 +369,14 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 
 
 def training_degradation(cfg: TrainConfig) -> DegradationConfig:
-    """The stream's degradations that a run's config sets (the rest are the defaults)."""
+    """The stream's degradations that a run's config sets (the rest are the defaults;
+    ``camera="realistic"``: :data:`~ebsdnet.stream.REALISTIC` at the run's doses and PC
+    jitter)."""
+    if cfg.camera == "realistic":
+        return replace(
+            REALISTIC, dose=tuple(cfg.dose), pc_jitter=cfg.pc_jitter,
+            pc_error=REALISTIC.pc_error if cfg.pc_known else 0.0,
+        )  # fmt: skip
     return DegradationConfig(
         dose=tuple(cfg.dose),
         blur=tuple(cfg.blur),
@@ -401,6 +437,13 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
 
     # A CIF, an EMsoft file or one written by ebsdnet (see ebsdnet.phases).
     mp = master_pattern(cfg.master_pattern) if cfg.master_pattern else MasterPattern.nickel()
+    others = tuple(master_pattern(path) for path in cfg.also_master_patterns)
+    for path, other in zip(cfg.also_master_patterns, others, strict=True):
+        if other.point_group != mp.point_group:
+            raise TrainingDataError(
+                f"{path} is of point group {other.point_group}; the run's master pattern "
+                f"of {mp.point_group}"
+            )
     geometry = DetectorGeometry(shape=tuple(cfg.shape), pc=tuple(cfg.pc))
     preprocessing = PreprocessConfig()
     degradation = training_degradation(cfg)
@@ -414,7 +457,8 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         # Made on the training device: on a GPU, a CPU stream would starve the steps.
         data = PatternStream(
             mp, geometry, cfg.batch_size, degradation, preprocessing, seed=cfg.seed,
-            at_nominal_pc=cfg.pc_known, device=device,
+            at_nominal_pc=cfg.pc_known, device=device, others=others,
+            other_fraction=cfg.also_fraction,
         )  # fmt: skip
         val_sets = (
             held_out_sets(mp, geometry, cfg.val_size, cfg.seed + 1_000_000, cfg.pc_jitter)
@@ -522,6 +566,11 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
         "camera_tilt": geometry.tilt,
         "preprocessing": preprocessing.to_dict(),
         "degradation": None if cfg.dictionary else degradation.to_dict(),
+        # Mixed into training beside the master pattern above (index refines with that one).
+        "also_master_patterns": [
+            {"phase": o.phase_name, "sha256": o.sha256, "share": cfg.also_fraction / len(others)}
+            for o in others
+        ],
         "training": asdict(cfg),
         "command": " ".join(sys.argv),
         "steps": step,
