@@ -347,9 +347,7 @@ def test_the_shipped_model_reads_patterns_resampled_to_its_pattern_centre(master
     assert known["moderate"]["share_above_3"] < guessed["share_above_3"]
 
 
-def test_a_realistic_camera_run_mixes_in_another_master_pattern_and_says_so(
-    tmp_path, phase_files
-):
+def test_a_realistic_camera_run_mixes_in_another_master_pattern_and_says_so(tmp_path, phase_files):
     args = ["-q", "train", "-o", str(tmp_path), "--steps", "6", "--val-every", "6", *TINY]
     extra = ["--camera", "realistic", "--also", str(phase_files["ni"]), "--also-fraction", "0.3"]
     assert main([*args, *extra]) == 0

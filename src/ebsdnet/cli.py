@@ -291,6 +291,10 @@ def cmd_index(args) -> None:
         _check_output(Path(args.ipf), args.force)
     if args.no_refine and args.refine_pc:
         raise UserError("--refine-pc needs refinement: drop --no-refine")
+    if args.save_model is not None:
+        if not args.adapt:
+            raise UserError("--save-model saves an adapted model: add --adapt")
+        _check_output(Path(args.save_model).with_suffix(".json"), args.force)
     if args.pc is not None:
         _check_pc(args.pc)
     try:
@@ -325,7 +329,7 @@ def cmd_index(args) -> None:
             min_ncc=min_ncc,
             progress_folder=progress, show_progressbar=not args.quiet,
             precision=args.precision, compiled={"on": True, "off": False}.get(args.compile),
-            scheduler=args.scheduler,
+            scheduler=args.scheduler, adapt=args.adapt, save_model=args.save_model,
         )  # fmt: skip
         if not (xmap.phase_id >= 0).any():  # a map of nothing is no result: exit 2, no file
             shutil.rmtree(progress, ignore_errors=True)
@@ -562,6 +566,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         metavar="ADDRESS",
         help="run the batches on this dask.distributed scheduler (tcp://host:8786)",
+    )
+    p.add_argument(
+        "--adapt",
+        nargs="?",
+        type=float,
+        const=3.0,  # adapt.ADAPT_MINUTES, spelt out: importing it would load torch for --help
+        metavar="MINUTES",
+        help="fine-tune the CNN on this scan's confidently indexed points for MINUTES "
+        "(default 3), index again, keep each point's better match",
+    )
+    p.add_argument(
+        "--save-model", metavar="PATH", help="with --adapt: write the adapted model (PATH.json)"
     )
     p.add_argument("--master-pattern", metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

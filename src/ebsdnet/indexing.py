@@ -147,6 +147,8 @@ SCHEDULER_TIMEOUT_S = 30
 
 #: The model used when neither a model nor a phase is given.
 DEFAULT_MODEL = "ni-60"
+#: ``adapt``: a point takes the adapted pass's answer only when its NCC is higher by this.
+ADAPT_MIN_GAIN = 0.01
 
 
 class IndexingError(ValueError):
@@ -645,11 +647,17 @@ class _Phase:
             ranked, scores = self.dictionary.top(patterns.cpu(), FALLBACK_CANDIDATES)
             ranked = ranked.to(dev)
             return ranked[:, 0].clone(), ranked, scores[:, 0].to(dev)
-        seen = patterns
-        if self.model_shape != self.geometry.shape:  # the network sees its trained shape
-            seen = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
-        output = self.network(self._at_model_pc(seen.to(dev), pcs))
+        output = self.network(self.cnn_inputs(raw, bg, pcs, patterns))
         return self.net.to(dev).to_quaternions(output), None, None
+
+    def cnn_inputs(self, raw, bg, pcs: Tensor, patterns: Tensor | None = None) -> Tensor:
+        """The network's view of ``raw`` patterns: conditioned at its trained shape,
+        resampled to its nominal PC. ``patterns``, when given, are ``raw`` already
+        conditioned at refinement's shape (reused where the shapes agree)."""
+        seen = patterns
+        if seen is None or self.model_shape != self.geometry.shape:
+            seen = preprocess(raw, self.config, static_background=bg, shape=self.model_shape)
+        return self._at_model_pc(seen.to(torch.device(self.device)), pcs)
 
     def screen(self, patterns: Tensor) -> Tensor:
         """Each pattern's best NCC in the phase's coarse dictionary ``(B,)``: which phases
@@ -930,6 +938,8 @@ def index(
     precision: str = "auto",
     compiled: bool | None = None,
     scheduler: str | None = None,
+    adapt: float | None = None,
+    save_model: str | Path | None = None,
 ):
     """Index a kikuchipy ``EBSD`` signal (CNN or phase dictionary, then refinement) into a map.
 
@@ -1008,6 +1018,15 @@ def index(
         Address of a dask.distributed scheduler (``tcp://host:8786``): batches
         run on its workers (which need ebsdnet installed), the map is the same
         as from a single process. Patterns are read here and sent to them.
+    adapt
+        Minutes to fine-tune the CNN on this scan (:mod:`ebsdnet.adapt`): after
+        indexing, the confidently indexed points (refined NCC at least the map's
+        median) train the network, the map is indexed again with it, and each
+        point keeps the first answer unless the second matches clearly better
+        (NCC higher by ``ADAPT_MIN_GAIN``). ``None`` or 0: no adaptation. Needs a
+        model and one phase.
+    save_model
+        Write the adapted model here (``.json`` card and ``.safetensors``).
 
     Returns
     -------
@@ -1054,7 +1073,15 @@ def index(
         raise IndexingError("give phase or phases, not both")
     if phase is not None:
         phases = [phase]
+    if save_model is not None and not adapt:
+        raise IndexingError("saving an adapted model needs adapt (--adapt)")
+    if adapt is not None and adapt < 0:
+        raise IndexingError(f"adapt is minutes of fine-tuning, at least 0, not {adapt}")
     net, card, masters, started = _model_and_phases(model, phases, master_pattern, energy, dev)
+    if adapt and (card is None or len(masters) > 1):
+        raise IndexingError(
+            "adapting fine-tunes a CNN on one phase: give a model (--model) and one phase"
+        )
     model_shape = None if card is None else tuple(card["shape"])
     if model_shape is not None:
         try:
@@ -1156,43 +1183,17 @@ def index(
             pcs = saved["pcs"] if saved else _calibrated_pcs(pcs, read, indexer.run)
             if store and not saved:
                 store.save("pcs", pcs=pcs)
-        quaternions = np.empty((n, 4))
-        ncc = np.empty(n, dtype=np.float32)
-        not_indexed = np.zeros(n, dtype=bool)
-        flag = np.zeros(n, dtype=np.int8)
-        which = np.zeros(n, dtype=np.int16)
-        margin = np.full(n, np.nan, dtype=np.float32)
-        bar = tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False)
-
-        def keep(start: int, stop: int, done: dict) -> None:
-            quaternions[start:stop] = done["quaternions"]
-            ncc[start:stop] = done["ncc"]
-            not_indexed[start:stop] = done["not_indexed"]
-            flag[start:stop] = done["flag"]
-            which[start:stop] = done["phase"]
-            margin[start:stop] = done["phase_margin"]
-            bar.update(stop - start)
-
-        todo = []
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            done = store.load(f"batch{start:012d}") if store else None
-            if done is None:
-                todo.append((start, stop))
-            else:
-                keep(start, stop, done)
-        if scheduler is None:
-            finished = (
-                (start, stop, indexer.batch(read(slice(start, stop)), pcs[start:stop], min_ncc))
-                for start, stop in todo
-            )
-        else:
-            finished = _batches_on_cluster(scheduler, indexer, todo, read, pcs, min_ncc)
-        for start, stop, done in finished:
-            if store:
-                store.save(f"batch{start:012d}", **done)
-            keep(start, stop, done)
-        bar.close()
+        found = _run_batches(
+            indexer, n, batch_size, read, pcs, min_ncc, scheduler, store,
+            tqdm(total=n, unit="pattern", desc="index", disable=show_progressbar is False),
+        )  # fmt: skip
+        if adapt:
+            found = _adapted(
+                found, indexer, model or DEFAULT_MODEL, adapt, save_model, read, pcs, n,
+                batch_size, min_ncc, scheduler, show_progressbar is not False,
+            )  # fmt: skip
+    quaternions, ncc, not_indexed = found["quaternions"], found["ncc"], found["not_indexed"]
+    flag, which, margin = found["flag"], found["phase"], found["phase_margin"]
     summary = not_indexed_summary(flag, min_ncc)
     if summary and not not_indexed.all():  # none indexed: the map says so in every point
         log.warning(summary)
@@ -1222,6 +1223,106 @@ def index(
             xmap.phases.add(phase_entry)
     xmap.phases.sort_by_id()
     return xmap
+
+
+#: The per-point arrays of a map as :meth:`_BatchIndexer.batch` returns them, and their types.
+_MAP_ARRAYS = {
+    "quaternions": (np.float64, (4,)), "ncc": (np.float32, ()), "not_indexed": (bool, ()),
+    "flag": (np.int8, ()), "phase": (np.int16, ()), "phase_margin": (np.float32, ()),
+}  # fmt: skip
+
+
+def _run_batches(indexer, n, batch_size, read, pcs, min_ncc, scheduler, store, bar) -> dict:
+    """Every batch of the map through ``indexer`` (those ``store`` holds are taken from
+    it; new ones saved to it): the map's per-point arrays (``_MAP_ARRAYS``)."""
+    found = {k: np.zeros((n, *shape), dtype=t) for k, (t, shape) in _MAP_ARRAYS.items()}
+
+    def keep(start: int, stop: int, done: dict) -> None:
+        for key in found:
+            found[key][start:stop] = done[key]
+        bar.update(stop - start)
+
+    todo = []
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        done = store.load(f"batch{start:012d}") if store else None
+        if done is None:
+            todo.append((start, stop))
+        else:
+            keep(start, stop, done)
+    if scheduler is None:
+        finished = (
+            (start, stop, indexer.batch(read(slice(start, stop)), pcs[start:stop], min_ncc))
+            for start, stop in todo
+        )
+    else:
+        finished = _batches_on_cluster(scheduler, indexer, todo, read, pcs, min_ncc)
+    for start, stop, done in finished:
+        if store:
+            store.save(f"batch{start:012d}", **done)
+        keep(start, stop, done)
+    bar.close()
+    return found
+
+
+def _adapted(
+    found, indexer, model, minutes, save_to, read, pcs, n, batch_size, min_ncc, scheduler,
+    show_progressbar: bool,
+) -> dict:  # fmt: skip
+    """:mod:`ebsdnet.adapt`: fine-tune the network on the confidently indexed points of
+    ``found`` (the first pass), index again with it, keep each point's answer of higher
+    NCC. Too few confident points: ``found`` as it is."""
+    from tqdm.auto import tqdm
+
+    from ebsdnet.adapt import MIN_LABELS, fine_tune, pseudo_labels
+    from ebsdnet.cards import save_model
+
+    labels = pseudo_labels(found["ncc"], found["flag"])
+    if len(labels) < MIN_LABELS:
+        log.warning(
+            "not adapted: %d confidently indexed patterns, at least %d needed",
+            len(labels), MIN_LABELS,
+        )  # fmt: skip
+        return found
+    phase = indexer.phases[0]
+    bg = None if indexer.background is None else torch.from_numpy(indexer.background)
+    inputs = []
+    for start in range(0, n, batch_size):  # read in the map's own batches: files read in order
+        rows = labels[(labels >= start) & (labels < start + batch_size)]
+        if len(rows):
+            raw = as_tensor(read(slice(start, start + batch_size))[rows - start]).float()
+            pc_rows = torch.from_numpy(pcs[rows]).float().to(torch.device(phase.device))
+            inputs.append(phase.cnn_inputs(raw, bg, pc_rows).cpu())
+    truth = torch.from_numpy(found["quaternions"][labels])
+    with torch.enable_grad():
+        tuned, summary = fine_tune(
+            model, torch.cat(inputs), truth, phase.master_pattern, minutes, phase.device,
+            show_progressbar=show_progressbar,
+        )  # fmt: skip
+    if save_to is not None:
+        _, card = load_model(model)
+        summary["from_weights_sha256"] = card["weights_sha256"]
+        save_model(tuned, save_to, {**card, "name": Path(save_to).stem, "adapted": summary})
+    adapted = replace(indexer, phases=[replace(phase, net=for_inference(tuned))])
+    again = _run_batches(
+        adapted, n, batch_size, read, pcs, min_ncc, scheduler, None,
+        tqdm(total=n, unit="pattern", desc="index, adapted", disable=not show_progressbar),
+    )  # fmt: skip
+    # Only a clearly better match replaces the first answer: two refinements in one basin
+    # end a little apart, and under a slightly wrong PC or a lens distortion the higher
+    # NCC of the two is not the nearer orientation (measured on an 8×8 realistic-camera
+    # map: taking every higher NCC, 0.286° → 0.307°).
+    better = again["ncc"] > found["ncc"] + ADAPT_MIN_GAIN
+    log.info(
+        "adapted CNN: %d of %d points matched better (mean NCC %.4f → %.4f)",
+        int(better.sum()), n, float(found["ncc"].mean()),
+        float(np.where(better, again["ncc"], found["ncc"]).mean()),
+    )  # fmt: skip
+    return {key: np.where(_expand(better, found[key]), again[key], found[key]) for key in found}
+
+
+def _expand(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
 # Oxford's Laue-group numbers in .ctf phase lines (the inverse of orix's reader's table).
