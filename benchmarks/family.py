@@ -1,6 +1,8 @@
 """The cubic family: structures a family model trains on, and cubic phases it never saw.
 
     python benchmarks/family.py --write-cifs     # (re)write benchmarks/cifs/cubic/*.cif
+    python benchmarks/family.py --train runs/cubic-60 [--init-from M] [--steps N] [--minutes T]
+    python benchmarks/family.py --evaluate MODEL [--size 10]   # CNN alone on HELD_OUT
 
 Every cubic crystal has the same plane normals, so the same band *directions*;
 what differs is which bands show (the structure factor: fcc, bcc, diamond,
@@ -14,6 +16,8 @@ dynamical Ni); ``HELD_OUT`` (Cu, Cr, Si, CsCl) is never shown to it.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 from phases import cif_text
@@ -78,12 +82,70 @@ def write_cifs() -> None:
     print(f"wrote {len({cif_path(n) for n in {**TRAIN, **HELD_OUT}})} CIFs to {CUBIC}")
 
 
+def train_command(out: str, init_from: str, steps: int, minutes: float) -> list[str]:
+    """``ebsdnet train`` for the cubic family: kikuchipy's dynamical Ni as the run's
+    master pattern, every ``TRAIN`` structure's kinematical one (simulated at its beam
+    energy, or taken from the cache) mixed in at 85%."""
+    from ebsdnet.phases import master_pattern_from_cif
+
+    also = [str(master_pattern_from_cif(cif_path(n), energy(n))) for n in TRAIN]
+    return [
+        sys.executable, "-m", "ebsdnet.cli", "train", "-o", out, "--init-from", init_from,
+        "--camera", "realistic", *(x for path in also for x in ("--also", path)),
+        "--also-fraction", "0.85", "--lr", "4e-4", "--batch-size", "128",
+        "--steps", str(steps), "--val-every", str(max(1, steps // 4)), "--val-size", "500",
+        "--checkpoint-minutes", "5", "--time-limit-minutes", f"{minutes:g}", "--seed", "51",
+    ]  # fmt: skip
+
+
+def evaluate(model: str, size: int) -> dict:
+    """The CNN alone (``index(..., phase=CIF, refine=False)``) and the full ``index``
+    with the fallback off, on a simulated map of each ``HELD_OUT`` phase (dose 200)."""
+    import torch
+
+    from ebsdnet.indexing import FALLBACK_NCC, index
+    from ebsdnet.phases import master_pattern
+    from ebsdnet.rotations import disorientation_deg
+    from ebsdnet.synthetic import simulate_map
+
+    out = {}
+    for name in HELD_OUT:
+        cif = str(cif_path(name))
+        mp = master_pattern(cif, energy(name))
+        grains = max(2, size * size // 12)
+        signal = simulate_map((size, size), grains, dose=200.0, seed=61, master_pattern=mp)
+        truth = torch.tensor(signal.xmap.rotations.data).float()
+        row = {}
+        for label, kwargs in (("cnn", {"refine": False}), ("full", {"fallback_ncc": None})):
+            xmap = index(signal, model=model, phase=cif, show_progressbar=False, **kwargs)
+            q = torch.tensor(xmap.rotations.data).reshape(xmap.size, -1, 4)[:, 0].float()
+            e = disorientation_deg(q, truth, "m-3m").numpy()
+            row[label] = float(e.mean())
+            if label == "full":
+                row["need_fallback"] = int((xmap.prop["ncc"] < FALLBACK_NCC).sum())
+        out[name] = row
+        print(name, {k: round(v, 3) for k, v in row.items()}, flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-cifs", action="store_true")
+    parser.add_argument("--train", metavar="OUT", help="train the family model into OUT")
+    parser.add_argument("--init-from", default="ni-60")
+    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--minutes", type=float, default=45.0)
+    parser.add_argument("--evaluate", metavar="MODEL")
+    parser.add_argument("--size", type=int, default=10)
     args = parser.parse_args()
     if args.write_cifs:
         write_cifs()
+    if args.train:
+        command = train_command(args.train, args.init_from, args.steps, args.minutes)
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    if args.evaluate:
+        evaluate(args.evaluate, args.size)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from ebsdnet.projector import (
     unphysical_pattern_centres,
 )
 from ebsdnet.refine import NOISE_TOL, _first_line, _Kernel, match_ncc, refine_orientations
+from ebsdnet.rotations import laue_group
 
 __all__ = [
     "MIN_NCC",
@@ -201,12 +202,6 @@ def _map_phase(master_pattern: MasterPattern):
     return Phase(name=master_pattern.phase_name or "phase", point_group=master_pattern.point_group)
 
 
-def _laue(point_group: str) -> str:
-    from ebsdnet.rotations import orix_point_group
-
-    return orix_point_group(point_group).laue.name
-
-
 def _check_phase(signal, masters: list[MasterPattern]) -> None:
     """Refuse a file whose stored phases share no Laue group with the phases indexed for
     (a file may hold more phases than a user indexes for, not only others)."""
@@ -214,7 +209,7 @@ def _check_phase(signal, masters: list[MasterPattern]) -> None:
     if xmap is None:
         return
     stored = [p for _, p in xmap.phases_in_data if p.point_group is not None]
-    wanted = {_laue(mp.point_group) for mp in masters}
+    wanted = {laue_group(mp.point_group) for mp in masters}
     if stored and not any(p.point_group.laue.name in wanted for p in stored):
         theirs = ", ".join(f"{p.name!r} ({p.point_group.name})" for p in stored)
         ours = ", ".join(f"{mp.phase_name or 'the phase'} ({mp.point_group})" for mp in masters)
@@ -261,10 +256,12 @@ def _model_and_phases(model, phases, master_pattern, energy, device):
         raise IndexingError(f"two phases are named {twice[0]!r}: phase names must differ")
     if card is None:
         return None, None, patterns, [False] * len(patterns)
-    trained = _laue(card["point_group"])
-    started = [_laue(mp.point_group) == trained for mp in patterns]
+    trained = laue_group(card["point_group"])
+    started = [laue_group(mp.point_group) == trained for mp in patterns]
     if not any(started):
-        wanted = ", ".join(f"{mp.phase_name!r} has {_laue(mp.point_group)}" for mp in patterns)
+        wanted = ", ".join(
+            f"{mp.phase_name!r} has {laue_group(mp.point_group)}" for mp in patterns
+        )
         raise IndexingError(
             f"model {Path(str(model)).name} is trained for Laue group {trained}, but phase "
             f"{wanted}: drop --model or use one trained for this phase"

@@ -216,6 +216,20 @@ def orix_point_group(point_group: str):
     return names[point_group]
 
 
+def laue_group(point_group: str) -> str:
+    """The Laue group of a point group (orix's name): what EBSD patterns can tell apart.
+
+    >>> laue_group("-43m"), laue_group("622")
+    ('m-3m', '6/mmm')
+    """
+    return orix_point_group(point_group).laue.name
+
+
+def same_laue_group(a: str, b: str) -> bool:
+    """Whether two point groups share a Laue group (equal names need no orix)."""
+    return a == b or laue_group(a) == laue_group(b)
+
+
 @lru_cache(maxsize=64)
 def _operators_numpy(point_group: str) -> np.ndarray:
     proper = orix_point_group(point_group).laue_proper_subgroup

@@ -27,7 +27,7 @@ from ebsdnet.projector import (
     Projector,
     resample_to_pattern_centre,
 )
-from ebsdnet.rotations import orix_point_group, quaternion_to_euler
+from ebsdnet.rotations import orix_point_group, quaternion_to_euler, same_laue_group
 
 __all__ = [
     "REALISTIC",
@@ -401,8 +401,12 @@ class PatternStream(torch.utils.data.IterableDataset):
         if degradation.pc_error > 0 and not at_nominal_pc:
             raise ValueError("a PC error is what resampling to the nominal PC gets wrong: "
                              "it needs at_nominal_pc")  # fmt: skip
-        if any(o.point_group != self.master_pattern.point_group for o in others):
-            raise ValueError("every master pattern of a stream must be of one point group")
+        if not all(
+            same_laue_group(o.point_group, self.master_pattern.point_group) for o in others
+        ):
+            raise ValueError(
+                "every master pattern of a stream must be of one Laue group (point group)"
+            )
         self.geometry = geometry
         self.batch_size = batch_size
         self.degradation = degradation

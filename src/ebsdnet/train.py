@@ -34,7 +34,12 @@ from ebsdnet.models import _bfloat16_native, create_model, predict_quaternions
 from ebsdnet.phases import master_pattern
 from ebsdnet.preprocess import PreprocessConfig, preprocess
 from ebsdnet.projector import DetectorGeometry, MasterPattern, resample_to_pattern_centre
-from ebsdnet.rotations import disorientation_deg, euler_to_quaternion, point_group_operators
+from ebsdnet.rotations import (
+    disorientation_deg,
+    euler_to_quaternion,
+    point_group_operators,
+    same_laue_group,
+)
 from ebsdnet.stream import NOISE_FREE, REALISTIC, DegradationConfig, PatternStream
 
 __all__ = [
@@ -439,10 +444,10 @@ def train(cfg: TrainConfig, resume: bool = False, show_progressbar: bool = True)
     mp = master_pattern(cfg.master_pattern) if cfg.master_pattern else MasterPattern.nickel()
     others = tuple(master_pattern(path) for path in cfg.also_master_patterns)
     for path, other in zip(cfg.also_master_patterns, others, strict=True):
-        if other.point_group != mp.point_group:
+        if not same_laue_group(other.point_group, mp.point_group):
             raise TrainingDataError(
                 f"{path} is of point group {other.point_group}; the run's master pattern "
-                f"of {mp.point_group}"
+                f"of {mp.point_group}, another Laue group"
             )
     geometry = DetectorGeometry(shape=tuple(cfg.shape), pc=tuple(cfg.pc))
     preprocessing = PreprocessConfig()
