@@ -321,7 +321,6 @@ def degrade(clean: Tensor, config: DegradationConfig, generator: torch.Generator
         b, clean.shape[-2:], _uniform(config.background_strength, b, g), g
     )
     signal = background * (1 - contrast + contrast * bands)
-    band_std = (background * contrast * bands).std((-2, -1), keepdim=True)
     sigma = _uniform(config.blur, b, g)
     signal = gaussian_blur(signal, sigma)
     if config.gamma is not None:
@@ -338,6 +337,7 @@ def degrade(clean: Tensor, config: DegradationConfig, generator: torch.Generator
         dose = torch.exp(log_dose)[:, None, None]
         signal = torch.poisson(signal.clamp_min(0) * dose, generator=g) / dose
     if config.correlated_noise is not None:
+        band_std = (background * contrast * bands).std((-2, -1), keepdim=True)
         amplitude = _uniform(config.correlated_noise, b, g)[:, None, None] * band_std
         lo_s, hi_s = config.noise_sigma
         sigma = torch.exp(_uniform((math.log(lo_s), math.log(hi_s)), b, g))
